@@ -1,0 +1,383 @@
+"""Build im2txt's records: shards of (image, caption) SequenceExamples + word_counts.txt.
+
+This is the seed's `build_mscoco_data.py`, reproduced where the output depends on it:
+one record per (image, caption) pair; pairs shuffled with `random.seed(12345)`; the
+shuffled list cut into shards with im2txt's nested `np.linspace` over
+`min(num_shards, num_threads)` ranges, so shard k holds the same pairs as the
+original's shard k (under Python 3, whose shuffle differs from Python 2's); the
+vocabulary built from training captions only.
+
+Beyond the original: the shards are written by a pool of processes (memory stays
+bounded: each worker streams one image at a time and the main process holds only
+file names and captions), a bad image or an empty caption is skipped, named once on
+stderr and counted instead of stopping the run, each shard is written under a
+temporary name and renamed when complete, and `dataset.json` records what was built.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from showtell.data.images import BadImageError, verify_image
+from showtell.data.records import CaptionRecord, encode_caption_record
+from showtell.data.sources import (
+    ImageMetadata,
+    fraction_splits,
+    load_coco_captions,
+    load_karpathy_splits,
+    mscoco_im2txt_splits,
+)
+from showtell.data.tfrecord import TFRecordWriter
+from showtell.data.tokenize import tokenize_caption
+from showtell.data.vocab import END_WORD, START_WORD, UNKNOWN_WORD, Vocabulary
+from showtell.errors import ShowtellError
+
+SHUFFLE_SEED = 12345  # im2txt's random.seed(12345) before shuffling each split's pairs
+DATASET_JSON = "dataset.json"
+
+
+@dataclass
+class BuildConfig:
+    """Options of `showtell build-mscoco-data`; defaults are im2txt's flags."""
+
+    output_dir: Path  # where the shards, word_counts.txt and dataset.json go
+    train_shards: int = 256  # shards of the training split
+    val_shards: int = 4  # shards of the validation split
+    test_shards: int = 8  # shards of the test split
+    num_threads: int = 8  # im2txt's writer threads: fixes which pairs go to which shard
+    num_workers: int | None = None  # processes writing shards; None: min(num_threads, CPUs)
+    start_word: str = START_WORD  # token prepended to every caption
+    end_word: str = END_WORD  # token appended to every caption
+    unknown_word: str = UNKNOWN_WORD  # the word of out-of-vocabulary ids (not in the file)
+    min_word_count: int = 4  # words seen fewer times in training captions become unknown
+    word_counts_output_file: Path | None = None  # default: output_dir/word_counts.txt
+
+    def shards(self, split: str) -> int:
+        return {"train": self.train_shards, "val": self.val_shards, "test": self.test_shards}[split]
+
+    def validate(self) -> None:
+        if self.num_threads < 1:
+            raise ShowtellError(f"--num_threads must be at least 1, got {self.num_threads}")
+        for split in ("train", "val", "test"):
+            n = self.shards(split)
+            if n < 1:
+                raise ShowtellError(f"--{split}_shards must be at least 1, got {n}")
+            # im2txt's rule: each thread writes the same number of shards.
+            if n >= self.num_threads and n % self.num_threads:
+                raise ShowtellError(
+                    f"--{split}_shards {n} must be a multiple of --num_threads "
+                    f"{self.num_threads} (or smaller than it)"
+                )
+
+
+@dataclass
+class SplitSummary:
+    """What was written for one split."""
+
+    images: int = 0  # images with at least one record written
+    pairs: int = 0  # records written
+    shards: list[str] = field(default_factory=list)
+    skipped_pairs: int = 0  # pairs whose image could not be read or decoded
+    seconds: float = 0.0
+
+
+# A pair as the workers see it: (image_id, image path, caption tokens, caption ids).
+_Pair = tuple[int, str, list[str], list[int]]
+
+
+def shard_plan(num_pairs: int, num_shards: int, num_threads: int) -> list[tuple[int, int, int]]:
+    """(shard index, start, end) over the shuffled pairs, exactly as im2txt cut them."""
+    threads = min(num_shards, num_threads)
+    spacing = np.linspace(0, num_pairs, threads + 1).astype(int)
+    shards_per_thread = num_shards // threads
+    plan = []
+    for t in range(threads):
+        bounds = np.linspace(spacing[t], spacing[t + 1], shards_per_thread + 1).astype(int)
+        for s in range(shards_per_thread):
+            plan.append((t * shards_per_thread + s, int(bounds[s]), int(bounds[s + 1])))
+    return plan
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    return f"{split}-{index:05d}-of-{num_shards:05d}"
+
+
+def _warn(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def tokenize_splits(
+    splits: dict[str, list[ImageMetadata]], config: BuildConfig
+) -> tuple[dict[str, list[tuple[ImageMetadata, list[list[str]]]]], list[dict[str, Any]]]:
+    """Each image with its tokenized captions (`<S> ... </S>`); empty captions skipped."""
+    tokenized: dict[str, list[tuple[ImageMetadata, list[list[str]]]]] = {}
+    skipped: list[dict[str, Any]] = []
+    total = sum(len(images) for images in splits.values())
+    with tqdm(total=total, desc="tokenizing captions", unit="img", file=sys.stderr) as bar:
+        for split, images in splits.items():
+            tokenized[split] = []
+            for image in images:
+                captions = []
+                for raw in image.captions:
+                    words = tokenize_caption(raw)
+                    if not words:
+                        _warn(
+                            f"Skipping caption of image {image.image_id} ({image.filename}): "
+                            f"it tokenizes to nothing: {raw!r}"
+                        )
+                        skipped.append({"image_id": image.image_id, "caption": raw})
+                        continue
+                    captions.append([config.start_word, *words, config.end_word])
+                if captions:
+                    tokenized[split].append((image, captions))
+                bar.update()
+    return tokenized, skipped
+
+
+# --- worker processes ----------------------------------------------------------------
+
+_progress: Any = None  # the queue through which workers report, set by _init_worker
+
+
+def _init_worker(progress: Any) -> None:
+    global _progress
+    _progress = progress
+
+
+def _write_shard(path: str, pairs: list[_Pair]) -> tuple[str, int, set[int]]:
+    """Writes one shard (to `path.tmp`, then renamed); returns (path, records, ids)."""
+    tmp = path + ".tmp"
+    written, image_ids = 0, set()
+    bad: dict[str, str] = {}
+    pending = 0
+    with TFRecordWriter(tmp) as writer:
+        for image_id, filename, caption, caption_ids in pairs:
+            if filename in bad:
+                _progress.put(("skip", filename, bad[filename]))
+                continue
+            try:
+                with open(filename, "rb") as f:
+                    data = f.read()
+                verify_image(data)
+            except FileNotFoundError:
+                bad[filename] = "file not found"
+            except OSError as e:
+                bad[filename] = f"cannot read file: {e.strerror or e}"
+            except BadImageError as e:
+                bad[filename] = str(e)
+            if filename in bad:
+                _progress.put(("skip", filename, bad[filename]))
+                continue
+            writer.write(
+                encode_caption_record(
+                    CaptionRecord(image_id, data, tuple(caption), tuple(caption_ids))
+                )
+            )
+            written += 1
+            image_ids.add(image_id)
+            pending += 1
+            if pending == 64:
+                _progress.put(("done", pending))
+                pending = 0
+    _progress.put(("done", pending))
+    os.replace(tmp, path)
+    return path, written, image_ids
+
+
+def _write_split(
+    split: str,
+    images: list[tuple[ImageMetadata, list[list[str]]]],
+    vocab: Vocabulary,
+    config: BuildConfig,
+    skipped_files: dict[str, str],
+) -> SplitSummary:
+    start = time.perf_counter()
+    num_shards = config.shards(split)
+    pairs: list[_Pair] = [
+        (image.image_id, str(image.filename), caption, vocab.encode(caption))
+        for image, captions in images
+        for caption in captions
+    ]
+    random.Random(SHUFFLE_SEED).shuffle(pairs)  # == random.seed(12345); random.shuffle
+    num_pairs = len(pairs)
+    plan = shard_plan(len(pairs), num_shards, config.num_threads)
+    names = [shard_name(split, index, num_shards) for index, _, _ in plan]
+    workers = config.num_workers or min(config.num_threads, os.cpu_count() or 1)
+    workers = max(1, min(workers, len(plan)))
+
+    summary = SplitSummary(shards=names)
+    image_ids: set[int] = set()
+    context = mp.get_context("spawn")
+    progress = context.Queue()
+    bar = tqdm(total=num_pairs, desc=f"writing {split}", unit="pair", file=sys.stderr)
+    with context.Pool(workers, initializer=_init_worker, initargs=(progress,)) as pool:
+        results = [
+            pool.apply_async(_write_shard, (str(config.output_dir / name), pairs[begin:end]))
+            for name, (_, begin, end) in zip(names, plan, strict=True)
+        ]
+        del pairs  # the workers have their slices; keep the main process small
+
+        def drain(timeout: float) -> None:
+            try:
+                message = progress.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if message[0] == "done":
+                bar.update(message[1])
+            else:
+                _, filename, reason = message
+                summary.skipped_pairs += 1
+                bar.update()
+                if filename not in skipped_files:
+                    skipped_files[filename] = reason
+                    _warn(f"Skipping file with invalid image data: {filename} ({reason})")
+
+        while not all(r.ready() for r in results):
+            drain(0.1)
+        for result in results:
+            _, written, ids = result.get()  # re-raises a worker's exception here
+            summary.pairs += written
+            image_ids |= ids
+        while not progress.empty():
+            drain(0)
+    bar.close()
+    summary.images = len(image_ids)
+    summary.seconds = time.perf_counter() - start
+    print(
+        f"{datetime.now()}: Finished processing all {num_pairs} image-caption "
+        f"pairs in data set '{split}'.",
+        flush=True,
+    )
+    return summary
+
+
+def build_records(
+    splits: dict[str, list[ImageMetadata]],
+    config: BuildConfig,
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    """Writes all splits, the vocabulary and dataset.json; returns dataset.json's content."""
+    config.validate()
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    vocab_file = config.word_counts_output_file or config.output_dir / "word_counts.txt"
+
+    tokenized, skipped_captions = tokenize_splits(splits, config)
+    vocab = Vocabulary.build(
+        (c for _, captions in tokenized["train"] for c in captions),
+        config.min_word_count,
+        start_word=config.start_word,
+        end_word=config.end_word,
+        unknown_word=config.unknown_word,
+    )
+    Path(vocab_file).parent.mkdir(parents=True, exist_ok=True)
+    vocab.save(vocab_file)
+    print(f"Wrote vocabulary file: {vocab_file} ({len(vocab.words)} words)", flush=True)
+
+    skipped_files: dict[str, str] = {}
+    summaries = {
+        split: _write_split(split, images, vocab, config, skipped_files)
+        for split, images in tokenized.items()
+    }
+    info = {
+        "source": source,
+        "splits": {split: asdict(s) for split, s in summaries.items()},
+        "vocabulary": {
+            "file": str(vocab_file),
+            "words": len(vocab.words),
+            "size": len(vocab),  # with the unknown word: the model's vocab_size
+            "min_word_count": config.min_word_count,
+            "start_word": config.start_word,
+            "end_word": config.end_word,
+            "unknown_word": config.unknown_word,
+        },
+        "skipped_files": [{"file": f, "reason": r} for f, r in sorted(skipped_files.items())],
+        "skipped_captions": skipped_captions,
+    }
+    (config.output_dir / DATASET_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    print(format_summary(info), flush=True)
+    return info
+
+
+def format_summary(info: dict[str, Any]) -> str:
+    """A short table of what a build wrote, for the console."""
+    lines = [f"{'split':<6} {'images':>9} {'pairs':>10} {'shards':>7} {'pairs/s':>9}"]
+    for split, s in info["splits"].items():
+        rate = s["pairs"] / s["seconds"] if s["seconds"] else 0.0
+        lines.append(
+            f"{split:<6} {s['images']:>9,} {s['pairs']:>10,} {len(s['shards']):>7} {rate:>9,.0f}"
+        )
+    lines.append(
+        f"vocabulary: {info['vocabulary']['words']:,} words (+{info['vocabulary']['unknown_word']})"
+        f"; skipped: {len(info['skipped_files'])} image files, "
+        f"{len(info['skipped_captions'])} empty captions"
+    )
+    return "\n".join(lines)
+
+
+def load_dataset_info(output_dir: str | Path) -> dict[str, Any]:
+    path = Path(output_dir) / DATASET_JSON
+    if not path.is_file():
+        raise ShowtellError(f"{path}: not found (build the records first)")
+    return json.loads(path.read_text())
+
+
+def build_mscoco(
+    train_captions_file: Path,
+    train_image_dir: Path,
+    val_captions_file: Path,
+    val_image_dir: Path,
+    config: BuildConfig,
+) -> dict[str, Any]:
+    """The seed's build_mscoco_data: MSCOCO 2014 (or anything in its layout), im2txt's split."""
+    config.validate()
+    train = load_coco_captions(train_captions_file, train_image_dir)
+    val = load_coco_captions(val_captions_file, val_image_dir)
+    source = {
+        "kind": "coco-2014-im2txt-split",
+        "train_captions_file": str(train_captions_file),
+        "train_image_dir": str(train_image_dir),
+        "val_captions_file": str(val_captions_file),
+        "val_image_dir": str(val_image_dir),
+    }
+    return build_records(mscoco_im2txt_splits(train, val), config, source)
+
+
+def build_coco_file(
+    captions_file: Path,
+    image_dir: Path,
+    val_fraction: float,
+    test_fraction: float,
+    config: BuildConfig,
+) -> dict[str, Any]:
+    """Any one COCO-format caption file, cut in file order into train, val and test."""
+    config.validate()
+    images = load_coco_captions(captions_file, image_dir)
+    source = {
+        "kind": "coco-format",
+        "captions_file": str(captions_file),
+        "image_dir": str(image_dir),
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+    }
+    return build_records(fraction_splits(images, val_fraction, test_fraction), config, source)
+
+
+def build_karpathy(split_file: Path, image_dir: Path, config: BuildConfig) -> dict[str, Any]:
+    """A Karpathy-split JSON: train (+restval), val, test as the file assigns them."""
+    config.validate()
+    splits = load_karpathy_splits(split_file, image_dir)
+    source = {"kind": "karpathy", "split_file": str(split_file), "image_dir": str(image_dir)}
+    return build_records(splits, config, source)

@@ -1,0 +1,205 @@
+"""Reading the records for training and evaluation: a PyTorch IterableDataset over a
+shard glob, and im2txt's dynamic-padding batches.
+
+Each reader (one DataLoader worker of one DDP rank) gets its own share of the data,
+so that every record is read exactly once per epoch: whole shards when there are at
+least as many shards as readers (the shard list shuffled per epoch in training, the
+same way on every reader), otherwise every reader walks all shards and keeps every
+n-th record. In training a shuffle buffer mixes records across shards; im2txt held
+2 x 2300 serialized records, and the buffer here is that size split among the local
+workers, so memory does not grow with the number of workers.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from showtell.config import ImageConfig, InputConfig
+from showtell.data.images import BadImageError
+from showtell.data.preprocess import ImagePreprocessor
+from showtell.data.records import CaptionRecord, expand_file_patterns, read_caption_records
+
+
+@dataclass
+class Example:
+    """One image-caption pair, ready to batch."""
+
+    image: torch.Tensor | bytes  # (3, H, W) float in [-1, 1], or the encoded bytes
+    caption_ids: torch.Tensor  # (L,) int64, `<S>` ... `</S>`
+    image_id: int
+
+
+@dataclass
+class Batch:
+    """im2txt's batch: caption [<S> w1 .. wn </S>] gives input [<S> w1 .. wn] and target
+    [w1 .. wn </S>], mask 1 on those n+1 positions; padded with 0 to the longest."""
+
+    images: torch.Tensor | list[bytes]  # (B, 3, H, W) float, or encoded bytes
+    input_seqs: torch.Tensor  # (B, T) int64
+    target_seqs: torch.Tensor  # (B, T) int64
+    mask: torch.Tensor  # (B, T) int32, 1 where a target is real
+    image_ids: torch.Tensor  # (B,) int64
+
+    def pin_memory(self) -> Batch:
+        return Batch(
+            self.images.pin_memory() if isinstance(self.images, torch.Tensor) else self.images,
+            self.input_seqs.pin_memory(),
+            self.target_seqs.pin_memory(),
+            self.mask.pin_memory(),
+            self.image_ids.pin_memory(),
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        images = move(self.images) if isinstance(self.images, torch.Tensor) else self.images
+        return Batch(
+            images, move(self.input_seqs), move(self.target_seqs), move(self.mask), self.image_ids
+        )
+
+    def __len__(self) -> int:
+        return self.input_seqs.shape[0]
+
+
+def collate_examples(examples: Sequence[Example]) -> Batch:
+    """Pads a list of examples into a Batch (no bucketing, as im2txt)."""
+    lengths = [len(e.caption_ids) - 1 for e in examples]
+    batch_size, max_length = len(examples), max(lengths)
+    input_seqs = torch.zeros(batch_size, max_length, dtype=torch.int64)
+    target_seqs = torch.zeros(batch_size, max_length, dtype=torch.int64)
+    mask = torch.zeros(batch_size, max_length, dtype=torch.int32)
+    for i, (e, n) in enumerate(zip(examples, lengths, strict=True)):
+        input_seqs[i, :n] = e.caption_ids[:-1]
+        target_seqs[i, :n] = e.caption_ids[1:]
+        mask[i, :n] = 1
+    images = examples[0].image
+    stacked = (
+        torch.stack([e.image for e in examples])  # type: ignore[misc]
+        if isinstance(images, torch.Tensor)
+        else [e.image for e in examples]
+    )
+    image_ids = torch.tensor([e.image_id for e in examples], dtype=torch.int64)
+    return Batch(stacked, input_seqs, target_seqs, mask, image_ids)  # type: ignore[arg-type]
+
+
+def _distributed_position() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _shuffle_buffer(
+    items: Iterator[CaptionRecord], size: int, rng: random.Random
+) -> Iterator[CaptionRecord]:
+    buffer: list[CaptionRecord] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(size)
+        yield buffer[i]
+        buffer[i] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class CaptionDataset(IterableDataset):
+    """Iterates over the image-caption records of the shards matching `file_pattern`.
+
+    Yields `Example`s with preprocessed images (or the encoded bytes when
+    `decode_images` is False). Call `set_epoch` before each epoch in training so the
+    shuffle differs between epochs.
+    """
+
+    def __init__(
+        self,
+        file_pattern: str | Sequence[str],
+        image_config: ImageConfig | None = None,
+        *,
+        training: bool,
+        shuffle_buffer: int = InputConfig().shuffle_buffer,
+        seed: int = 0,
+        decode_images: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.files: list[Path] = expand_file_patterns(file_pattern)
+        self.image_config = image_config or ImageConfig()
+        self.training = training
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.decode_images = decode_images
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _reader(self) -> tuple[int, int, int]:
+        """(this reader's index, number of readers, local workers)."""
+        rank, world_size = _distributed_position()
+        rank = self.rank if self.rank is not None else rank
+        world_size = self.world_size if self.world_size is not None else world_size
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * workers + worker, world_size * workers, workers
+
+    def _records(self, reader: int, readers: int) -> Iterator[CaptionRecord]:
+        files = list(self.files)
+        if self.training:  # same order on every reader, so the split stays a partition
+            random.Random(f"{self.seed}:{self.epoch}:shards").shuffle(files)
+        if len(files) >= readers:
+            for path in files[reader::readers]:
+                yield from read_caption_records(path)
+        else:
+            index = 0
+            for path in files:
+                for record in read_caption_records(path):
+                    if index % readers == reader:
+                        yield record
+                    index += 1
+
+    def __iter__(self) -> Iterator[Example]:
+        reader, readers, workers = self._reader()
+        rng = random.Random(f"{self.seed}:{self.epoch}:{reader}")
+        records = self._records(reader, readers)
+        if self.training and self.shuffle_buffer > 1:
+            records = _shuffle_buffer(records, max(1, self.shuffle_buffer // workers), rng)
+        preprocess = ImagePreprocessor(self.image_config, self.training, seed=rng.random())
+        for record in records:
+            if len(record.caption_ids) < 2:
+                continue  # not even <S> </S>: nothing to predict
+            image: torch.Tensor | bytes = record.image_data
+            if self.decode_images:
+                try:
+                    image = preprocess(record.image_data)
+                except BadImageError as e:
+                    print(f"warning: skipping image {record.image_id}: {e}", file=sys.stderr)
+                    continue
+            yield Example(
+                image, torch.tensor(record.caption_ids, dtype=torch.int64), record.image_id
+            )
+
+
+def make_loader(
+    dataset: CaptionDataset, batch_size: int, num_workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """A DataLoader of im2txt batches over `dataset`."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_examples,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

@@ -1,0 +1,109 @@
+"""im2txt's image preprocessing (`ops/image_processing.py`) on PyTorch tensors.
+
+decode to 3 channels, float in [0, 1] -> bilinear resize to 346x346 (aspect not kept)
+-> training: random 299x299 crop, random flip, colour distortion in one of im2txt's
+   two orders; evaluation: central 299x299 crop
+-> clip to [0, 1] -> scale to [-1, 1] with (x - 0.5) * 2.
+
+Brightness and contrast follow TensorFlow's definitions (additive delta; per-channel
+mean). Saturation uses torchvision's blend with the greyscale image, where
+TensorFlow scaled HSV saturation: the same range of effect, not the same pixels;
+these distortions are augmentation, and the two agree at factor 1.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_image
+
+from showtell.config import ImageConfig
+from showtell.data.images import BadImageError, verify_image
+
+
+def decode_rgb(data: bytes, apply_exif_orientation: bool = False) -> torch.Tensor:
+    """Encoded image bytes -> (3, H, W) uint8 RGB.
+
+    torchvision's decoders (libjpeg-turbo, libpng) first; PIL for what they refuse
+    (CMYK JPEGs, 16-bit PNGs, BMP, TIFF, ...). Raises BadImageError with the reason.
+    """
+    try:
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return decode_image(
+            buffer, mode=ImageReadMode.RGB, apply_exif_orientation=apply_exif_orientation
+        )
+    except (RuntimeError, ValueError):
+        pass
+    verify_image(data)  # raises BadImageError naming the problem
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if apply_exif_orientation:
+                image = ImageOps.exif_transpose(image)
+            rgb = image.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise BadImageError(f"cannot decode image: {e}") from None
+    return TF.pil_to_tensor(rgb)
+
+
+def _distort_colours(x: torch.Tensor, config: ImageConfig, rng: random.Random) -> torch.Tensor:
+    """x: (3, H, W) float in [0, 1]."""
+
+    def brightness(x: torch.Tensor) -> torch.Tensor:
+        d = config.brightness_max_delta
+        return (x + rng.uniform(-d, d)).clamp_(0.0, 1.0)
+
+    def saturation(x: torch.Tensor) -> torch.Tensor:
+        return TF.adjust_saturation(x, rng.uniform(*config.saturation_range))
+
+    def hue(x: torch.Tensor) -> torch.Tensor:
+        d = config.hue_max_delta
+        return TF.adjust_hue(x, rng.uniform(-d, d))
+
+    def contrast(x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2), keepdim=True)  # (3, 1, 1): TensorFlow's per-channel mean
+        return ((x - mean) * rng.uniform(*config.contrast_range) + mean).clamp_(0.0, 1.0)
+
+    # im2txt alternated between these two orders (by preprocessing thread).
+    order = (
+        (brightness, saturation, hue, contrast)
+        if rng.random() < 0.5
+        else (brightness, contrast, saturation, hue)
+    )
+    for op in order:
+        x = op(x)
+    return x
+
+
+class ImagePreprocessor:
+    """Callable: encoded image bytes -> (3, height, width) float tensor in [-1, 1]."""
+
+    def __init__(self, config: ImageConfig, training: bool, seed: int | None = None) -> None:
+        self.config = config
+        self.training = training
+        self.rng = random.Random(seed)
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return self.from_uint8(decode_rgb(data))
+
+    def from_uint8(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) uint8 -> (3, height, width) float in [-1, 1]."""
+        c = self.config
+        x = image.float().div_(255.0)  # (3, H, W) in [0, 1]
+        x = TF.resize(x, [c.resize_height, c.resize_width], antialias=False)  # bilinear
+        if self.training:
+            top = self.rng.randint(0, c.resize_height - c.height)
+            left = self.rng.randint(0, c.resize_width - c.width)
+        else:
+            top = (c.resize_height - c.height) // 2
+            left = (c.resize_width - c.width) // 2
+        x = x[:, top : top + c.height, left : left + c.width]  # (3, height, width)
+        if self.training:
+            if c.random_flip and self.rng.random() < 0.5:
+                x = x.flip(-1)
+            if c.colour_distortion:
+                x = _distort_colours(x, c, self.rng)
+        return x.clamp(0.0, 1.0).sub_(0.5).mul_(2.0)
