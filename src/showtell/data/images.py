@@ -1,14 +1,20 @@
-"""Checking that image bytes decode, with a reason a person can act on when not."""
+"""Decoding image bytes with Pillow, with a reason a person can act on when it fails.
+
+Pillow (with libjpeg-turbo in its wheels) decodes every format here: torchvision's
+own decoders are deprecated from 0.29 on, and Pillow also reads CMYK JPEGs, 16-bit
+PNGs, BMP and TIFF.
+"""
 
 from __future__ import annotations
 
 import io
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Decompression-bomb guard: larger images are refused (PIL's own limit is ~89 Mpx and
-# only warns below twice that; we make it an error).
+# Decompression-bomb guard: larger images are refused (Pillow's own limit only warns
+# below twice its ~89 Mpx; here it is an error).
 MAX_IMAGE_PIXELS = 178_956_970
 
 
@@ -16,31 +22,50 @@ class BadImageError(ValueError):
     """The bytes are not a decodable image; the message says why."""
 
 
-def verify_image(data: bytes) -> tuple[int, int]:
-    """Decodes the whole image (JPEGs at reduced DCT scale, which still reads every
-    byte) and returns its (width, height); raises BadImageError otherwise."""
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit greyscale: keep the top byte
+        high = (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(high, mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(
+    data: bytes, *, apply_exif_orientation: bool = False, draft: bool = False
+) -> Image.Image:
+    """Decodes image bytes to an RGB Pillow image; raises BadImageError with the reason.
+
+    `draft` lets JPEGs decode at 1/8 scale (every byte is still read and checked):
+    for validating a file, not for using its pixels.
+    """
     if not data:
         raise BadImageError("empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                size = image.size
-                if size[0] * size[1] > MAX_IMAGE_PIXELS:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
                     raise BadImageError(
-                        f"{size[0]}x{size[1]} pixels is over the limit of {MAX_IMAGE_PIXELS}"
+                        f"{width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,}"
                     )
-                if image.format == "JPEG":
-                    image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                if draft and image.format == "JPEG":
+                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 image.load()
+                if apply_exif_orientation:
+                    image = ImageOps.exif_transpose(image)
+                return _to_rgb(image)
+    except BadImageError:
+        raise
     except UnidentifiedImageError:
         raise BadImageError("not an image") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise BadImageError(str(e)) from None
     except (OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, BadImageError):
-            raise
         message = str(e)
         reason = "truncated image" if "truncated" in message else f"cannot decode image: {message}"
         raise BadImageError(reason) from None
-    return size
+
+
+def verify_image(data: bytes) -> None:
+    """Checks that the bytes decode as a whole; raises BadImageError otherwise."""
+    load_rgb(data, draft=True)

@@ -13,40 +13,20 @@ these distortions are augmentation, and the two agree at factor 1.
 
 from __future__ import annotations
 
-import io
 import random
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageOps
-from torchvision.io import ImageReadMode, decode_image
 
 from showtell.config import ImageConfig
-from showtell.data.images import BadImageError, verify_image
+from showtell.data.images import load_rgb
 
 
 def decode_rgb(data: bytes, apply_exif_orientation: bool = False) -> torch.Tensor:
-    """Encoded image bytes -> (3, H, W) uint8 RGB.
-
-    torchvision's decoders (libjpeg-turbo, libpng) first; PIL for what they refuse
-    (CMYK JPEGs, 16-bit PNGs, BMP, TIFF, ...). Raises BadImageError with the reason.
-    """
-    try:
-        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return decode_image(
-            buffer, mode=ImageReadMode.RGB, apply_exif_orientation=apply_exif_orientation
-        )
-    except (RuntimeError, ValueError):
-        pass
-    verify_image(data)  # raises BadImageError naming the problem
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if apply_exif_orientation:
-                image = ImageOps.exif_transpose(image)
-            rgb = image.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise BadImageError(f"cannot decode image: {e}") from None
-    return TF.pil_to_tensor(rgb)
+    """Encoded image bytes -> (3, H, W) uint8 RGB; raises BadImageError with the reason."""
+    image = load_rgb(data, apply_exif_orientation=apply_exif_orientation)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W)
 
 
 def _distort_colours(x: torch.Tensor, config: ImageConfig, rng: random.Random) -> torch.Tensor:

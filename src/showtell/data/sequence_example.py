@@ -80,16 +80,18 @@ def _encode_map_entry(key: str, value: bytes) -> bytes:
 
 
 def encode_sequence_example(example: SequenceExample) -> bytes:
-    """Serialises `example` exactly as protobuf would (fields in key order given)."""
+    """Serialises `example` byte for byte as protobuf's deterministic serialisation
+    does (map entries sorted by key)."""
     context = b"".join(
-        _len_field(1, _encode_map_entry(k, _encode_feature(v))) for k, v in example.context.items()
+        _len_field(1, _encode_map_entry(k, _encode_feature(v)))
+        for k, v in sorted(example.context.items())
     )
     feature_lists = b"".join(
         _len_field(
             1,
             _encode_map_entry(k, b"".join(_len_field(1, _encode_feature(f)) for f in features)),
         )
-        for k, features in example.feature_lists.items()
+        for k, features in sorted(example.feature_lists.items())
     )
     return _len_field(1, context) + _len_field(2, feature_lists)
 

@@ -1,0 +1,66 @@
+"""Shared fixtures: small COCO-layout data sets made by the tests themselves."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+def jpeg_bytes(colour: tuple[int, int, int] = (200, 30, 30), size: int = 24) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_coco(
+    path: Path, images: list[tuple[int, str]], captions: dict[int, list[str]]
+) -> Path:
+    """A COCO caption file; `images` keeps its order, as the real files do."""
+    data = {
+        "images": [{"id": i, "file_name": name} for i, name in images],
+        "annotations": [
+            {"id": 1000 * i + k, "image_id": i, "caption": c}
+            for i, cs in captions.items()
+            for k, c in enumerate(cs)
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def make_coco_layout(
+    root: Path, num_train: int, num_val: int, captions_per_image: int = 2
+) -> dict[str, Path]:
+    """train2014/ + val2014/ + annotations/ with valid JPEGs and simple captions."""
+    paths = {
+        "train_image_dir": root / "train2014",
+        "val_image_dir": root / "val2014",
+        "train_captions_file": root / "annotations" / "captions_train2014.json",
+        "val_captions_file": root / "annotations" / "captions_val2014.json",
+    }
+    words = ["red", "blue", "green", "small", "large"]
+    for split, first_id, count in (("train", 1, num_train), ("val", 10_001, num_val)):
+        image_dir = paths[f"{split}_image_dir"]
+        image_dir.mkdir(parents=True)
+        images, captions = [], {}
+        # Ids descend so that file order (kept) differs from id order (not used).
+        for k in range(count):
+            image_id = first_id + count - k
+            name = f"COCO_{split}2014_{image_id:012d}.jpg"
+            (image_dir / name).write_bytes(jpeg_bytes((k * 7 % 256, 50, 100)))
+            images.append((image_id, name))
+            captions[image_id] = [
+                f"A {words[(k + c) % 5]} thing number {c}." for c in range(captions_per_image)
+            ]
+        write_coco(paths[f"{split}_captions_file"], images, captions)
+    return paths
+
+
+@pytest.fixture
+def coco_layout(tmp_path: Path) -> dict[str, Path]:
+    return make_coco_layout(tmp_path / "coco", num_train=6, num_val=20)
