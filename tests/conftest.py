@@ -16,9 +16,7 @@ def jpeg_bytes(colour: tuple[int, int, int] = (200, 30, 30), size: int = 24) -> 
     return buffer.getvalue()
 
 
-def write_coco(
-    path: Path, images: list[tuple[int, str]], captions: dict[int, list[str]]
-) -> Path:
+def write_coco(path: Path, images: list[tuple[int, str]], captions: dict[int, list[str]]) -> Path:
     """A COCO caption file; `images` keeps its order, as the real files do."""
     data = {
         "images": [{"id": i, "file_name": name} for i, name in images],

@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import jpeg_bytes, make_coco_layout, write_coco
 from PIL import Image
 
+from conftest import jpeg_bytes, make_coco_layout, write_coco
 from showtell.cli import main
 from showtell.data.build import shard_plan
 from showtell.data.records import expand_file_patterns, read_caption_records
@@ -148,7 +148,9 @@ def test_errors_before_any_work(coco_layout: dict[str, Path], tmp_path: Path, ca
     missing = dict(coco_layout, val_image_dir=tmp_path / "nope")
     assert main(_flags(missing, out)) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == [f"error: {tmp_path / 'nope'}: image directory is not a directory"]
+    assert err.strip().splitlines() == [
+        f"error: {tmp_path / 'nope'}: image directory is not a directory"
+    ]
     assert not out.exists() or not list(out.iterdir())
 
     coco_layout["train_captions_file"].write_text('{"images": [')

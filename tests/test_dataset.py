@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import jpeg_bytes
 from PIL import Image
 
+from conftest import jpeg_bytes
 from showtell.config import ImageConfig
 from showtell.data.dataset import CaptionDataset, Example, collate_examples, make_loader
 from showtell.data.preprocess import ImagePreprocessor, decode_rgb

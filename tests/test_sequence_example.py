@@ -132,9 +132,7 @@ def test_unpacked_negative_and_float_features() -> None:
     unpacked = bytes([0x1A, 0x04, 0x08, 0x05, 0x08, 0x07])  # Feature{int64_list: 5, 7}
     feature = PB["Feature"].FromString(unpacked)
     assert list(feature.int64_list.value) == [5, 7]
-    ours = decode_sequence_example(
-        encode_sequence_example(SequenceExample(context={"x": [5, 7]}))
-    )
+    ours = decode_sequence_example(encode_sequence_example(SequenceExample(context={"x": [5, 7]})))
     assert ours.context == {"x": [5, 7]}
 
 

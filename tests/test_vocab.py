@@ -40,7 +40,9 @@ def test_file_format_is_im2txts(tmp_path: Path) -> None:
 
 def test_reads_python3_bytes_lines(tmp_path: Path) -> None:
     path = tmp_path / "word_counts.txt"
-    path.write_text("b'a' 969108\nb'<S>' 586368\nb'</S>' 586368\nb\"don't\" 12\nb'caf\\xc3\\xa9' 5\n")
+    path.write_text(
+        "b'a' 969108\nb'<S>' 586368\nb'</S>' 586368\nb\"don't\" 12\nb'caf\\xc3\\xa9' 5\n"
+    )
     vocab = Vocabulary.load(path)
     assert vocab.words == ["a", "<S>", "</S>", "don't", "café"]
     assert vocab.counts == [969108, 586368, 586368, 12, 5]

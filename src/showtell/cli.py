@@ -41,25 +41,59 @@ def _add_build_flags(parser: argparse.ArgumentParser) -> None:
 
     defaults = BuildConfig(output_dir=Path("."))
     g = parser.add_argument_group("records (as the seed's build_mscoco_data)")
-    _flag(g, "train_shards", type=_positive_int, default=defaults.train_shards,
-          help="shards of the training split (default: %(default)s)")  # fmt: skip
-    _flag(g, "val_shards", type=_positive_int, default=defaults.val_shards,
-          help="shards of the validation split (default: %(default)s)")  # fmt: skip
-    _flag(g, "test_shards", type=_positive_int, default=defaults.test_shards,
-          help="shards of the test split (default: %(default)s)")  # fmt: skip
-    _flag(g, "num_threads", type=_positive_int, default=defaults.num_threads,
-          help="im2txt's writer threads; fixes which pairs land in which shard "
-               "(default: %(default)s)")  # fmt: skip
-    _flag(g, "num_workers", type=_positive_int, default=None,
-          help="processes writing shards (default: min(num_threads, CPUs))")  # fmt: skip
+    _flag(
+        g,
+        "train_shards",
+        type=_positive_int,
+        default=defaults.train_shards,
+        help="shards of the training split (default: %(default)s)",
+    )
+    _flag(
+        g,
+        "val_shards",
+        type=_positive_int,
+        default=defaults.val_shards,
+        help="shards of the validation split (default: %(default)s)",
+    )
+    _flag(
+        g,
+        "test_shards",
+        type=_positive_int,
+        default=defaults.test_shards,
+        help="shards of the test split (default: %(default)s)",
+    )
+    _flag(
+        g,
+        "num_threads",
+        type=_positive_int,
+        default=defaults.num_threads,
+        help="im2txt's writer threads; fixes which pairs land in which shard "
+        "(default: %(default)s)",
+    )
+    _flag(
+        g,
+        "num_workers",
+        type=_positive_int,
+        default=None,
+        help="processes writing shards (default: min(num_threads, CPUs))",
+    )
     _flag(g, "start_word", default=defaults.start_word, help="(default: %(default)s)")
     _flag(g, "end_word", default=defaults.end_word, help="(default: %(default)s)")
     _flag(g, "unknown_word", default=defaults.unknown_word, help="(default: %(default)s)")
-    _flag(g, "min_word_count", type=int, default=defaults.min_word_count,
-          help="keep words seen at least this often in training captions "
-               "(default: %(default)s)")  # fmt: skip
-    _flag(g, "word_counts_output_file", type=Path, default=None,
-          help="vocabulary file (default: OUTPUT_DIR/word_counts.txt)")  # fmt: skip
+    _flag(
+        g,
+        "min_word_count",
+        type=int,
+        default=defaults.min_word_count,
+        help="keep words seen at least this often in training captions (default: %(default)s)",
+    )
+    _flag(
+        g,
+        "word_counts_output_file",
+        type=Path,
+        default=None,
+        help="vocabulary file (default: OUTPUT_DIR/word_counts.txt)",
+    )
 
 
 def _build_config(args: argparse.Namespace, output_dir: Path) -> Any:
@@ -86,10 +120,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.output_dir is None:
         raise ShowtellError("build-mscoco-data needs --output_dir")
     config = _build_config(args, args.output_dir)
-    mscoco = [args.train_image_dir, args.val_image_dir, args.train_captions_file,
-              args.val_captions_file]  # fmt: skip
-    sources = [any(x is not None for x in mscoco), args.karpathy_split_file is not None,
-               args.captions_file is not None]  # fmt: skip
+    mscoco = [
+        args.train_image_dir,
+        args.val_image_dir,
+        args.train_captions_file,
+        args.val_captions_file,
+    ]
+    sources = [
+        any(x is not None for x in mscoco),
+        args.karpathy_split_file is not None,
+        args.captions_file is not None,
+    ]
     if sum(sources) != 1:
         raise ShowtellError(
             "give one source: the four MSCOCO flags (--train_image_dir, --val_image_dir, "
@@ -145,10 +186,20 @@ def _add_build_command(sub: Any) -> None:
     _flag(g, "karpathy_split_file", type=Path, help="dataset_coco.json, dataset_flickr8k.json...")
     _flag(g, "captions_file", type=Path, help="one COCO-format caption file")
     _flag(g, "image_dir", type=Path, help="the images of the file above")
-    _flag(g, "val_fraction", type=float, default=0.05,
-          help="with --captions_file: share of images for val (default: %(default)s)")  # fmt: skip
-    _flag(g, "test_fraction", type=float, default=0.10,
-          help="with --captions_file: share of images for test (default: %(default)s)")  # fmt: skip
+    _flag(
+        g,
+        "val_fraction",
+        type=float,
+        default=0.05,
+        help="with --captions_file: share of images for val (default: %(default)s)",
+    )
+    _flag(
+        g,
+        "test_fraction",
+        type=float,
+        default=0.10,
+        help="with --captions_file: share of images for test (default: %(default)s)",
+    )
     _flag(p, "output_dir", type=Path, help="where shards, word_counts.txt, dataset.json go")
     _add_build_flags(p)
     p.set_defaults(func=_cmd_build)
@@ -161,7 +212,11 @@ def _cmd_download(args: argparse.Namespace) -> int:
     from showtell.data.download import download_and_preprocess_mscoco
 
     download_and_preprocess_mscoco(
-        args.output_dir, _build_config(args, args.output_dir), base_url=args.base_url
+        args.output_dir,
+        _build_config(args, args.output_dir),
+        base_url=args.base_url,
+        attempts=args.download_attempts,
+        backoff_seconds=args.retry_seconds,
     )
     return 0
 
@@ -179,6 +234,20 @@ def _add_download_command(sub: Any) -> None:
     )
     p.add_argument("output_dir", type=Path, metavar="DIR")
     _flag(p, "base_url", default=COCO_BASE_URL, help="mirror to download from")
+    _flag(
+        p,
+        "download_attempts",
+        type=_positive_int,
+        default=10,
+        help="tries per file; each resumes where the last stopped (default: %(default)s)",
+    )
+    _flag(
+        p,
+        "retry_seconds",
+        type=float,
+        default=2.0,
+        help="wait before the first retry, doubling each time (default: %(default)s)",
+    )
     _add_build_flags(p)
     p.set_defaults(func=_cmd_download)
 
@@ -240,10 +309,21 @@ def _add_make_synthetic_command(sub: Any) -> None:
     _flag(p, "images", type=_positive_int, default=d.num_images, help="(default: %(default)s)")
     _flag(p, "seed", type=int, default=d.seed, help="(default: %(default)s)")
     _flag(p, "image_size", type=int, default=d.image_size, help="pixels (default: %(default)s)")
-    _flag(p, "val_fraction", type=float, default=d.val_fraction,
-          help="share of images in the val split (default: %(default)s)")  # fmt: skip
-    _flag(p, "max_objects", type=int, choices=(1, 2, 3), default=d.max_objects,
-          help="(default: %(default)s)")  # fmt: skip
+    _flag(
+        p,
+        "val_fraction",
+        type=float,
+        default=d.val_fraction,
+        help="share of images in the val split (default: %(default)s)",
+    )
+    _flag(
+        p,
+        "max_objects",
+        type=int,
+        choices=(1, 2, 3),
+        default=d.max_objects,
+        help="(default: %(default)s)",
+    )
     _flag(p, "num_workers", type=_positive_int, default=None, help="(default: CPUs)")
     p.set_defaults(func=_cmd_make_synthetic)
 

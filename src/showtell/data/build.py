@@ -119,31 +119,47 @@ def _warn(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def _tokenize_many(captions: list[str]) -> list[list[str]]:
+    return [tokenize_caption(c) for c in captions]
+
+
 def tokenize_splits(
-    splits: dict[str, list[ImageMetadata]], config: BuildConfig
+    splits: dict[str, list[ImageMetadata]], config: BuildConfig, pool: Any
 ) -> tuple[dict[str, list[tuple[ImageMetadata, list[list[str]]]]], list[dict[str, Any]]]:
-    """Each image with its tokenized captions (`<S> ... </S>`); empty captions skipped."""
+    """Each image with its tokenized captions (`<S> ... </S>`); empty captions skipped.
+
+    Tokenizing is spread over the pool in chunks of images, results kept in order.
+    """
     tokenized: dict[str, list[tuple[ImageMetadata, list[list[str]]]]] = {}
     skipped: list[dict[str, Any]] = []
-    total = sum(len(images) for images in splits.values())
-    with tqdm(total=total, desc="tokenizing captions", unit="img", file=sys.stderr) as bar:
+    chunk = 500
+    with tqdm(
+        total=sum(len(images) for images in splits.values()),
+        desc="tokenizing captions",
+        unit="img",
+        file=sys.stderr,
+    ) as bar:
         for split, images in splits.items():
             tokenized[split] = []
-            for image in images:
-                captions = []
-                for raw in image.captions:
-                    words = tokenize_caption(raw)
-                    if not words:
-                        _warn(
-                            f"Skipping caption of image {image.image_id} ({image.filename}): "
-                            f"it tokenizes to nothing: {raw!r}"
-                        )
-                        skipped.append({"image_id": image.image_id, "caption": raw})
-                        continue
-                    captions.append([config.start_word, *words, config.end_word])
-                if captions:
-                    tokenized[split].append((image, captions))
-                bar.update()
+            chunks = [images[i : i + chunk] for i in range(0, len(images), chunk)]
+            raw_chunks = ([c for image in part for c in image.captions] for part in chunks)
+            for part, words_list in zip(chunks, pool.imap(_tokenize_many, raw_chunks), strict=True):
+                words_iter = iter(words_list)
+                for image in part:
+                    captions = []
+                    for raw in image.captions:
+                        words = next(words_iter)
+                        if not words:
+                            _warn(
+                                f"Skipping caption of image {image.image_id} "
+                                f"({image.filename}): it tokenizes to nothing: {raw!r}"
+                            )
+                            skipped.append({"image_id": image.image_id, "caption": raw})
+                            continue
+                        captions.append([config.start_word, *words, config.end_word])
+                    if captions:
+                        tokenized[split].append((image, captions))
+                bar.update(len(part))
     return tokenized, skipped
 
 
@@ -194,6 +210,7 @@ def _write_shard(path: str, pairs: list[_Pair]) -> tuple[str, int, set[int]]:
                 pending = 0
     _progress.put(("done", pending))
     os.replace(tmp, path)
+    _progress.put(("shard", path))
     return path, written, image_ids
 
 
@@ -203,6 +220,8 @@ def _write_split(
     vocab: Vocabulary,
     config: BuildConfig,
     skipped_files: dict[str, str],
+    pool: Any,
+    progress: Any,
 ) -> SplitSummary:
     start = time.perf_counter()
     num_shards = config.shards(split)
@@ -215,44 +234,42 @@ def _write_split(
     num_pairs = len(pairs)
     plan = shard_plan(len(pairs), num_shards, config.num_threads)
     names = [shard_name(split, index, num_shards) for index, _, _ in plan]
-    workers = config.num_workers or min(config.num_threads, os.cpu_count() or 1)
-    workers = max(1, min(workers, len(plan)))
 
     summary = SplitSummary(shards=names)
     image_ids: set[int] = set()
-    context = mp.get_context("spawn")
-    progress = context.Queue()
     bar = tqdm(total=num_pairs, desc=f"writing {split}", unit="pair", file=sys.stderr)
-    with context.Pool(workers, initializer=_init_worker, initargs=(progress,)) as pool:
-        results = [
-            pool.apply_async(_write_shard, (str(config.output_dir / name), pairs[begin:end]))
-            for name, (_, begin, end) in zip(names, plan, strict=True)
-        ]
-        del pairs  # the workers have their slices; keep the main process small
+    results = [
+        pool.apply_async(_write_shard, (str(config.output_dir / name), pairs[begin:end]))
+        for name, (_, begin, end) in zip(names, plan, strict=True)
+    ]
+    del pairs  # the workers have their slices; keep the main process small
 
-        def drain(timeout: float) -> None:
-            try:
-                message = progress.get(timeout=timeout)
-            except queue.Empty:
-                return
-            if message[0] == "done":
-                bar.update(message[1])
-            else:
-                _, filename, reason = message
-                summary.skipped_pairs += 1
-                bar.update()
-                if filename not in skipped_files:
-                    skipped_files[filename] = reason
-                    _warn(f"Skipping file with invalid image data: {filename} ({reason})")
-
-        while not all(r.ready() for r in results):
-            drain(0.1)
-        for result in results:
-            _, written, ids = result.get()  # re-raises a worker's exception here
-            summary.pairs += written
-            image_ids |= ids
-        while not progress.empty():
-            drain(0)
+    # Each worker's messages arrive in order and end with "shard": once every shard
+    # has reported, every skip of this split has been counted.
+    finished = 0
+    while finished < len(results):
+        try:
+            message = progress.get(timeout=0.5)
+        except queue.Empty:
+            for result in results:
+                if result.ready() and not result.successful():
+                    result.get()  # re-raises the worker's exception here
+            continue
+        if message[0] == "done":
+            bar.update(message[1])
+        elif message[0] == "skip":
+            _, filename, reason = message
+            summary.skipped_pairs += 1
+            bar.update()
+            if filename not in skipped_files:
+                skipped_files[filename] = reason
+                _warn(f"Skipping file with invalid image data: {filename} ({reason})")
+        else:
+            finished += 1
+    for result in results:
+        _, written, ids = result.get()
+        summary.pairs += written
+        image_ids |= ids
     bar.close()
     summary.images = len(image_ids)
     summary.seconds = time.perf_counter() - start
@@ -274,7 +291,22 @@ def build_records(
     config.output_dir.mkdir(parents=True, exist_ok=True)
     vocab_file = config.word_counts_output_file or config.output_dir / "word_counts.txt"
 
-    tokenized, skipped_captions = tokenize_splits(splits, config)
+    workers = config.num_workers or min(config.num_threads, os.cpu_count() or 1)
+    context = mp.get_context("spawn")  # not fork: the parent runs tqdm's monitor thread
+    progress = context.Queue()
+    with context.Pool(workers, initializer=_init_worker, initargs=(progress,)) as pool:
+        return _build_records(splits, config, source, vocab_file, pool, progress)
+
+
+def _build_records(
+    splits: dict[str, list[ImageMetadata]],
+    config: BuildConfig,
+    source: dict[str, Any],
+    vocab_file: Path,
+    pool: Any,
+    progress: Any,
+) -> dict[str, Any]:
+    tokenized, skipped_captions = tokenize_splits(splits, config, pool)
     vocab = Vocabulary.build(
         (c for _, captions in tokenized["train"] for c in captions),
         config.min_word_count,
@@ -288,7 +320,7 @@ def build_records(
 
     skipped_files: dict[str, str] = {}
     summaries = {
-        split: _write_split(split, images, vocab, config, skipped_files)
+        split: _write_split(split, images, vocab, config, skipped_files, pool, progress)
         for split, images in tokenized.items()
     }
     info = {
