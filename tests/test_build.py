@@ -153,6 +153,11 @@ def test_errors_before_any_work(coco_layout: dict[str, Path], tmp_path: Path, ca
     ]
     assert not out.exists() or not list(out.iterdir())
 
+    (tmp_path / "a_file").write_text("")
+    assert main(_flags(coco_layout, tmp_path / "a_file")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'a_file'}: ") and len(err.splitlines()) == 1
+
     coco_layout["train_captions_file"].write_text('{"images": [')
     assert main(_flags(coco_layout, out)) == 2
     err = capsys.readouterr().err

@@ -11,6 +11,7 @@ from showtell.data.records import (
     CaptionRecord,
     decode_caption_record,
     encode_caption_record,
+    read_caption_records,
 )
 from showtell.data.sequence_example import (
     ProtoDecodeError,
@@ -18,6 +19,7 @@ from showtell.data.sequence_example import (
     decode_sequence_example,
     encode_sequence_example,
 )
+from showtell.data.tfrecord import TFRecordWriter
 
 F = descriptor_pb2.FieldDescriptorProto
 
@@ -101,6 +103,17 @@ def _protobuf_record(record: CaptionRecord) -> bytes:
 
 def test_protobuf_written_record_reads_back() -> None:
     assert decode_caption_record(_protobuf_record(RECORD)) == RECORD
+
+
+def test_reads_shards_of_protobuf_written_records(tmp_path) -> None:
+    """A shard as TensorFlow writes it: protobuf's bytes in TFRecord framing."""
+    records = [
+        CaptionRecord(i, bytes([i]) * 10, ("<S>", str(i), "</S>"), (1, i, 2)) for i in range(5)
+    ]
+    with TFRecordWriter(tmp_path / "train-00000-of-00001") as writer:
+        for record in records:
+            writer.write(_protobuf_record(record))
+    assert list(read_caption_records(tmp_path / "train-00000-of-00001")) == records
 
 
 def test_our_record_parses_with_protobuf() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from showtell.data.build import DATASET_JSON, BuildConfig, build_mscoco, format_summary
@@ -24,9 +25,7 @@ def run_demo(output_dir: Path, num_images: int = 5000) -> None:
     config = SyntheticConfig(num_images=num_images, seed=DEMO_SEED, val_fraction=0.33)
 
     attributes = synthetic_dir / "annotations" / "attributes.json"
-    made = attributes.is_file() and json.loads(attributes.read_text())["config"] == {
-        **config.__dict__
-    }
+    made = attributes.is_file() and json.loads(attributes.read_text())["config"] == asdict(config)
     if made:
         print(f"[1/2] synthetic data set: reusing {synthetic_dir}")
     else:

@@ -63,7 +63,11 @@ class Batch:
 
         images = move(self.images) if isinstance(self.images, torch.Tensor) else self.images
         return Batch(
-            images, move(self.input_seqs), move(self.target_seqs), move(self.mask), self.image_ids
+            images,
+            move(self.input_seqs),
+            move(self.target_seqs),
+            move(self.mask),
+            move(self.image_ids),
         )
 
     def __len__(self) -> int:
