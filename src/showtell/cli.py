@@ -8,6 +8,7 @@ also accept dashed forms (`--train-image-dir`). A ShowtellError becomes a one-li
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -328,6 +329,86 @@ def _add_make_synthetic_command(sub: Any) -> None:
     p.set_defaults(func=_cmd_make_synthetic)
 
 
+# --- train -------------------------------------------------------------------------------
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str] = ()
+) -> None:
+    """One flag per scalar field of a config dataclass, its help from the field.
+    Flags default to 'not given' so that presets and checkpoints fill the rest."""
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
+            continue
+        default = f.default
+        kwargs: dict[str, Any] = {
+            "dest": f"{prefix}{f.name}",
+            "default": argparse.SUPPRESS,
+            "help": f"{f.metadata.get('help', '')} (default: {default})",
+        }
+        if isinstance(default, bool):
+            kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
+        elif isinstance(default, int | float | str):
+            kwargs.update(type=type(default), metavar=f.name.upper())
+        else:
+            continue
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        group.add_argument(*names, **kwargs)
+
+
+def _split_config_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    model = {k[6:]: v for k, v in vars(args).items() if k.startswith("model.")}
+    train = {k[6:]: v for k, v in vars(args).items() if k.startswith("train.")}
+    return model, train
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from showtell.config import TrainConfig, load_preset
+    from showtell.training.train import train
+
+    model_flags, train_flags = _split_config_args(args)
+    preset = load_preset(args.config) if args.config else {}
+    train_values = {**preset.get("train", {}), **train_flags}
+    config = dataclasses.replace(TrainConfig(), **train_values)
+    model_overrides = {**preset.get("model", {}), **model_flags}
+    train(config, model_overrides)
+    return 0
+
+
+def _add_train_command(sub: Any) -> None:
+    from showtell.config import ModelConfig, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train the model (phase 1: --train_inception=false; phase 2: true)",
+        description="im2txt's train. Resumes from the newest checkpoint in --train_dir.",
+    )
+    p.add_argument(
+        "--config", default=None, help="a preset name (e.g. cpu-small) or JSON file to start from"
+    )
+    p.add_argument(
+        "--no_feature_cache",
+        "--no-feature-cache",
+        dest="train.feature_cache",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="phase 1: run the encoder every step on distorted images (im2txt's slow path)",
+    )
+    _add_dataclass_flags(p, TrainConfig, "train.")
+    _add_dataclass_flags(p, ModelConfig, "model.", skip=("vocab_size",))
+    p.set_defaults(func=_cmd_train)
+
+
 # --- demo --------------------------------------------------------------------------------
 
 
@@ -350,6 +431,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_download_command,
     _add_build_command,
     _add_show_records_command,
+    _add_train_command,
     _add_demo_command,
 )
 

@@ -1,9 +1,27 @@
-"""Configuration dataclasses. Defaults are im2txt's (its `configuration.py`), each
-field documented with what it means."""
+"""Configuration dataclasses, one per concern. Defaults are im2txt's (its
+`configuration.py` and `train.py` flags); each field says what it means.
+
+Field help lives in the field's metadata so that the CLI shows the same words
+(`showtell train --help`). A preset (`--config NAME_OR_FILE`, see `presets/`) is a
+JSON file of {"model": {...}, "train": {...}} that sets only the fields it names.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from showtell.errors import ShowtellError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and its documentation."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -11,40 +29,135 @@ class ImageConfig:
     """How an encoded image becomes the encoder's input (im2txt's `process_image`).
 
     Inception v3 sees 299x299 crops of images first resized to 346x346; other encoders
-    set their own sizes (e.g. 224 crops of 256 for ResNets, 64 of 74 for small CNNs).
+    set their own sizes (224 crops of 256 for torchvision's ResNets, 64 of 72 for the
+    small CNN).
     """
 
-    resize_height: int = 346  # images are resized to this first (aspect ratio not kept)
-    resize_width: int = 346
-    height: int = 299  # ...then cropped to this: the encoder's input size
-    width: int = 299
-    # Training only: random crop (else central), then these distortions.
-    random_flip: bool = True  # horizontal flip with probability 0.5
-    colour_distortion: bool = True  # random brightness, saturation, hue, contrast
-    brightness_max_delta: float = 32.0 / 255.0  # added to every pixel, uniform in +-delta
-    saturation_range: tuple[float, float] = (0.5, 1.5)
-    hue_max_delta: float = 0.032  # fraction of the hue circle
-    contrast_range: tuple[float, float] = (0.5, 1.5)
+    resize_height: int = opt(346, "images are resized to this first (aspect not kept)")
+    resize_width: int = opt(346, "images are resized to this first (aspect not kept)")
+    height: int = opt(299, "...then cropped to this: the encoder's input height")
+    width: int = opt(299, "...then cropped to this: the encoder's input width")
+    random_flip: bool = opt(True, "training: horizontal flip with probability 0.5")
+    colour_distortion: bool = opt(True, "training: random brightness/saturation/hue/contrast")
+    brightness_max_delta: float = opt(32.0 / 255.0, "added to every pixel, uniform in +-delta")
+    saturation_range: tuple[float, float] = opt((0.5, 1.5), "saturation factor range")
+    hue_max_delta: float = opt(0.032, "hue shift range, as a fraction of the hue circle")
+    contrast_range: tuple[float, float] = opt((0.5, 1.5), "contrast factor range")
 
     def __post_init__(self) -> None:
+        self.saturation_range = tuple(self.saturation_range)  # type: ignore[assignment]
+        self.contrast_range = tuple(self.contrast_range)  # type: ignore[assignment]
         if self.height > self.resize_height or self.width > self.resize_width:
-            raise ValueError(
+            raise ShowtellError(
                 f"crop {self.height}x{self.width} is larger than the resized image "
                 f"{self.resize_height}x{self.resize_width}"
             )
 
 
+# Records per shard (im2txt: ~2,300) times im2txt's input_queue_capacity_factor (2).
+SHUFFLE_BUFFER = 2 * 2300
+
+
 @dataclass
-class InputConfig:
-    """Reading records for training and evaluation (im2txt's input settings)."""
+class ModelConfig:
+    """The Show and Tell model (im2txt's `ModelConfig`)."""
 
-    input_file_pattern: str = ""  # comma-separated shard globs, e.g. "train-?????-of-00256"
-    batch_size: int = 32  # image-caption pairs per batch
-    values_per_input_shard: int = 2300  # approximate records per shard (sizes the buffer)
-    input_queue_capacity_factor: int = 2  # shuffle buffer = factor x values_per_input_shard
-    num_workers: int = 2  # DataLoader processes decoding and preprocessing images
-    seed: int = 0  # shuffling of shards and of the buffer, per epoch
+    encoder: str = opt(
+        "inception_v3",
+        "image encoder: inception_v3, another torchvision classifier by name "
+        "(resnet50, efficientnet_b0, ...), or cnn_small (a 4-layer CNN for CPUs)",
+    )
+    vocab_size: int = opt(12000, "word ids: vocabulary lines + 1 (<UNK>); set from the vocabulary")
+    embedding_size: int = opt(512, "size of the word embeddings and of the image embedding")
+    num_lstm_units: int = opt(512, "LSTM state size")
+    initializer_scale: float = opt(0.08, "non-encoder parameters start uniform(-s, s)")
+    lstm_dropout_keep_prob: float = opt(0.7, "training: keep-probability on LSTM inputs/outputs")
+    encoder_dropout_keep_prob: float = opt(0.8, "phase 2: keep-probability after pooling")
+    encoder_weight_decay: float = opt(4e-5, "phase 2: L2 scale on the encoder's weights")
+    encoder_batch_norm_decay: float = opt(0.9997, "phase 2: moving-average decay of encoder BN")
+    normalize_features: bool = opt(
+        False,
+        "standardise encoder features per dimension with statistics of the training "
+        "images, measured once at step 0 (for encoders without pretrained weights)",
+    )
+    image: ImageConfig = field(
+        default_factory=ImageConfig, metadata={"help": "preprocessing; sizes follow the encoder"}
+    )
 
-    @property
-    def shuffle_buffer(self) -> int:
-        return self.values_per_input_shard * self.input_queue_capacity_factor
+
+@dataclass
+class TrainConfig:
+    """`showtell train` (im2txt's `train.py` flags and `TrainingConfig`)."""
+
+    input_file_pattern: str = opt("", "training shards, e.g. DIR/train-?????-of-00256")
+    train_dir: str = opt("", "where checkpoints and TensorBoard events go")
+    vocab_file: str = opt("", "word_counts.txt (default: the one beside the shards)")
+    inception_checkpoint_file: str = opt(
+        "", "encoder weights (a torchvision state-dict file) used at step 0 only"
+    )
+    train_inception: bool = opt(False, "phase 2: train the encoder too (else frozen)")
+    number_of_steps: int = opt(1_000_000, "global step to stop at, across both phases")
+    batch_size: int = opt(32, "image-caption pairs per step per process")
+    initial_learning_rate: float = opt(2.0, "phase 1 SGD learning rate")
+    learning_rate_decay_factor: float = opt(0.5, "phase 1: multiply the rate by this...")
+    num_epochs_per_decay: float = opt(8.0, "...every this many epochs (staircase)")
+    train_inception_learning_rate: float = opt(0.0005, "phase 2: constant SGD learning rate")
+    clip_gradients: float = opt(5.0, "clip gradients to this global norm")
+    max_checkpoints_to_keep: int = opt(5, "older checkpoints are deleted")
+    save_interval_secs: float = opt(600.0, "save a checkpoint this often (0: never by time)")
+    save_interval_steps: int = opt(0, "also save every this many steps (0: never by steps)")
+    log_every_n_steps: int = opt(1, "console line and TensorBoard scalars every N steps")
+    feature_cache: bool = opt(True, "phase 1: compute encoder features once and train on them")
+    feature_cache_dir: str = opt("", "where cached features live (default: ~/.cache/showtell)")
+    num_workers: int = opt(2, "DataLoader processes decoding images")
+    device: str = opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    compile: bool = opt(False, "torch.compile the model (CUDA)")
+    seed: int = opt(0, "seeds initialisation, shuffling and dropout")
+
+
+def _merge(cls: type, base: Any, values: dict[str, Any], source: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    changes = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ShowtellError(f"{source}: unknown {cls.__name__} field {key!r}")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            value = _merge(type(current), current, value, source)
+        changes[key] = value
+    return dataclasses.replace(base, **changes)
+
+
+def load_preset(name_or_path: str) -> dict[str, dict[str, Any]]:
+    """A preset by name (`cpu-small`) or JSON file path: {"model": {...}, "train": {...}}."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESETS_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.json")))
+        raise ShowtellError(f"{name_or_path}: no such preset file (shipped presets: {known})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShowtellError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    unknown = set(data) - {"model", "train", "description"}
+    if unknown:
+        raise ShowtellError(f"{path}: unknown sections {sorted(unknown)}")
+    return data
+
+
+def apply_preset(
+    preset: dict[str, Any], model: ModelConfig, train: TrainConfig, source: str
+) -> tuple[ModelConfig, TrainConfig]:
+    return (
+        _merge(ModelConfig, model, preset.get("model", {}), source),
+        _merge(TrainConfig, train, preset.get("train", {}), source),
+    )
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    return _merge(ModelConfig, ModelConfig(), data, "config.json")

@@ -12,6 +12,7 @@ workers, so memory does not grow with the number of workers.
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from showtell.config import ImageConfig, InputConfig
+from showtell.config import SHUFFLE_BUFFER, ImageConfig
 from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.records import CaptionRecord, expand_file_patterns, read_caption_records
@@ -42,7 +43,7 @@ class Batch:
     """im2txt's batch: caption [<S> w1 .. wn </S>] gives input [<S> w1 .. wn] and target
     [w1 .. wn </S>], mask 1 on those n+1 positions; padded with 0 to the longest."""
 
-    images: torch.Tensor | list[bytes]  # (B, 3, H, W) float, or encoded bytes
+    images: torch.Tensor | list[bytes]  # (B, 3, H, W) float, (B, D) cached features, or bytes
     input_seqs: torch.Tensor  # (B, T) int64
     target_seqs: torch.Tensor  # (B, T) int64
     mask: torch.Tensor  # (B, T) int32, 1 where a target is real
@@ -130,7 +131,7 @@ class CaptionDataset(IterableDataset):
         image_config: ImageConfig | None = None,
         *,
         training: bool,
-        shuffle_buffer: int = InputConfig().shuffle_buffer,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
         seed: int = 0,
         decode_images: bool = True,
         rank: int | None = None,
@@ -144,6 +145,7 @@ class CaptionDataset(IterableDataset):
         self.decode_images = decode_images
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.skip_records = 0  # per reader, at the start of the epoch (resuming mid-epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -175,7 +177,7 @@ class CaptionDataset(IterableDataset):
     def __iter__(self) -> Iterator[Example]:
         reader, readers, workers = self._reader()
         rng = random.Random(f"{self.seed}:{self.epoch}:{reader}")
-        records = self._records(reader, readers)
+        records = itertools.islice(self._records(reader, readers), self.skip_records, None)
         if self.training and self.shuffle_buffer > 1:
             records = _shuffle_buffer(records, max(1, self.shuffle_buffer // workers), rng)
         preprocess = ImagePreprocessor(self.image_config, self.training, seed=rng.random())

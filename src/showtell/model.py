@@ -1,0 +1,161 @@
+"""The Show and Tell model (im2txt's `show_and_tell_model.py`), top to bottom:
+
+    image (B, 3, H, W) -> encoder -> features (B, D) -> [standardise] ->
+    image_embedding (no bias) -> (B, E) -> LSTM step from the zero state -> state
+    words (B, T) -> seq_embedding -> (B, T, E) -> LSTM from that state -> (B, T, H)
+    -> logits (B, T, V)
+
+The image enters the LSTM once, as the input of a first step whose output is
+discarded. In training, dropout (keep 0.7) acts on the LSTM's inputs, the image step
+included, and on its outputs.
+
+The LSTM is PyTorch's (gate order i, f, g, o), with TensorFlow's single bias: the
+hidden-to-hidden bias `bias_hh_l0` is held at zero and frozen, so `bias_ih_l0` is the
+bias of TF's BasicLSTMCell and the trainable count matches im2txt's 2,099,200 (for
+512 units). BasicLSTMCell added a constant forget bias of 1.0 at every step; here the
+forget-gate bias starts 1.0 higher instead, which under plain SGD without weight
+decay on it trains identically.
+
+For generation the model offers `encode(images) -> state` and
+`step(tokens, state) -> (log_probs, state)`; beam search lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from showtell.config import ModelConfig
+from showtell.encoders import Encoder, build_encoder
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (N, H)
+
+
+class ShowAndTell(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder: Encoder = build_encoder(
+            config.encoder,
+            batch_norm_decay=config.encoder_batch_norm_decay,
+            dropout=1.0 - config.encoder_dropout_keep_prob,
+        )
+        d, e, h, v = (
+            self.encoder.output_dim,
+            config.embedding_size,
+            config.num_lstm_units,
+            config.vocab_size,
+        )
+        # Per-dimension standardisation of encoder features (identity unless measured).
+        self.register_buffer("feature_mean", torch.zeros(d))
+        self.register_buffer("feature_std", torch.ones(d))
+        self.image_embedding = nn.Linear(d, e, bias=False)
+        self.seq_embedding = nn.Embedding(v, e)
+        self.lstm = nn.LSTM(e, h, batch_first=True)
+        self.lstm_dropout = nn.Dropout(1.0 - config.lstm_dropout_keep_prob)
+        self.logits = nn.Linear(h, v)
+        self.train_encoder = False
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """im2txt's initialisation of everything but the encoder:
+        - image_embedding, seq_embedding, LSTM kernels and bias, logits: uniform(-s, s),
+          s = initializer_scale (0.08);
+        - LSTM forget-gate bias: + 1.0 (TensorFlow BasicLSTMCell forget_bias);
+        - LSTM hidden-to-hidden bias: 0 and frozen (TF has one bias per gate).
+        The encoder keeps its own initialisation or pretrained weights."""
+        s = self.config.initializer_scale
+        for module in (self.image_embedding, self.seq_embedding, self.lstm, self.logits):
+            for p in module.parameters():
+                nn.init.uniform_(p, -s, s)
+        h = self.config.num_lstm_units
+        with torch.no_grad():
+            self.lstm.bias_ih_l0[h : 2 * h] += 1.0  # gates i, f, g, o: f is the 2nd block
+            self.lstm.bias_hh_l0.zero_()
+        self.lstm.bias_hh_l0.requires_grad_(False)
+
+    # --- phases -------------------------------------------------------------------------
+
+    def set_train_encoder(self, train_encoder: bool) -> None:
+        """Phase 1 (False): encoder frozen, in eval mode, no gradients. Phase 2: trained."""
+        self.train_encoder = train_encoder
+        self.encoder.requires_grad_(train_encoder)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ShowAndTell:
+        super().train(mode)
+        if not self.train_encoder:
+            self.encoder.eval()  # batch-norm keeps its running statistics, no dropout
+        return self
+
+    def encoder_l2_loss(self) -> torch.Tensor:
+        """TensorFlow's l2_regularizer on encoder weights: scale * sum(w^2) / 2."""
+        weights = [p for p in self.encoder.parameters() if p.ndim > 1]
+        return self.config.encoder_weight_decay * 0.5 * sum(w.pow(2).sum() for w in weights)
+
+    # --- the model, top to bottom -------------------------------------------------------
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, D) raw encoder features."""
+        if self.train_encoder:
+            return self.encoder(images)
+        with torch.no_grad():
+            return self.encoder(images)
+
+    def initial_state(self, features: torch.Tensor) -> State:
+        """Raw features (B, D) -> the LSTM state after the image step."""
+        x = (features.float() - self.feature_mean) / self.feature_std  # (B, D)
+        x = self.image_embedding(x).unsqueeze(1)  # (B, 1, E)
+        _, (h, c) = self.lstm(self.lstm_dropout(x))  # from the zero state; output discarded
+        return h[0], c[0]  # (B, H) each
+
+    def hidden_states(self, features: torch.Tensor, input_seqs: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: (B, D) features and (B, T) input words -> (B, T, H) outputs."""
+        h, c = self.initial_state(features)
+        x = self.lstm_dropout(self.seq_embedding(input_seqs))  # (B, T, E)
+        out, _ = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))  # (B, T, H)
+        return self.lstm_dropout(out)
+
+    def forward(
+        self,
+        input_seqs: torch.Tensor,
+        target_seqs: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        images: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The training loss: cross-entropy per target word, averaged over the mask's
+        ones (im2txt's batch_loss). Give `images` (B, 3, H, W) or cached `features`
+        (B, D). Logits are computed only where the mask is 1: padding costs nothing."""
+        if features is None:
+            assert images is not None, "give images or features"
+            features = self.image_features(images)
+        hidden = self.hidden_states(features, input_seqs)  # (B, T, H)
+        real = mask.bool()  # (B, T)
+        logits = self.logits(hidden[real])  # (N, V), N = real target words
+        return F.cross_entropy(logits.float(), target_seqs[real])
+
+    def log_probs(self, features: torch.Tensor, input_seqs: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced next-word log-probabilities, (B, T, V)."""
+        return F.log_softmax(self.logits(self.hidden_states(features, input_seqs)).float(), -1)
+
+    # --- generation ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> State:
+        """(B, 3, H, W) in [-1, 1] -> the initial state for generation."""
+        return self.initial_state(self.encoder(images))
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One word for each of N partial captions: (N,) ids, state -> (N, V), state."""
+        h, c = state
+        x = self.seq_embedding(tokens).unsqueeze(1)  # (N, 1, E)
+        out, (h, c) = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))  # (N, 1, H)
+        return F.log_softmax(self.logits(out[:, 0]).float(), dim=-1), (h[0], c[0])
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

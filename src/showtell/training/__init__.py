@@ -1,0 +1,1 @@
+"""Training: checkpoints, the phase-1 feature cache, and the training loop."""

@@ -1,0 +1,221 @@
+"""The phase-1 fast path: encoder features computed once, cached on disk, reused.
+
+In phase 1 the encoder is frozen, so its output for an image never changes; im2txt
+recomputed it at every step anyway, which is nearly all of phase 1's cost. Here
+each training image (not each of its ~5 caption records) is encoded once, with the
+evaluation preprocessing (central crop, no distortions: the price of caching), and
+the features are stored as float16 in a memory-mapped `.npy` beside the caption ids
+of every training pair. The cache folder's name is a hash of the encoder's weights,
+the preprocessing and the shard files (path, size, mtime), so any change builds a
+new cache and an unchanged setup reuses the old one across runs and train_dirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from showtell.config import ImageConfig
+from showtell.data.dataset import Batch
+from showtell.data.images import BadImageError
+from showtell.data.preprocess import ImagePreprocessor
+from showtell.data.records import read_caption_records
+from showtell.encoders import Encoder
+
+FEATURES_FILE = "features.npy"
+PAIRS_FILE = "pairs.npz"
+META_FILE = "meta.json"
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "showtell" / "features"
+
+
+def cache_key(encoder: Encoder, image: ImageConfig, files: list[Path]) -> str:
+    h = hashlib.sha256()
+    h.update(encoder.name.encode())
+    for name, tensor in encoder.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(dataclasses.asdict(image), sort_keys=True).encode())
+    for path in files:
+        stat = path.stat()
+        h.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class FeatureCache:
+    """Features of every training image and the (image row, caption ids) of every pair."""
+
+    directory: Path
+    features: np.ndarray  # (num_images, D) float16, memory-mapped
+    pair_rows: np.ndarray  # (P,) int64: the feature row of each pair
+    caption_offsets: np.ndarray  # (P + 1,) int64 into caption_ids
+    caption_ids: np.ndarray  # (sum of lengths,) int64
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.pair_rows)
+
+    @classmethod
+    def open(cls, directory: Path) -> FeatureCache:
+        pairs = np.load(directory / PAIRS_FILE)
+        return cls(
+            directory,
+            np.load(directory / FEATURES_FILE, mmap_mode="r"),
+            pairs["pair_rows"],
+            pairs["caption_offsets"],
+            pairs["caption_ids"],
+        )
+
+    def feature_stats(self, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and standard deviation of the cached features."""
+        total = np.zeros(self.features.shape[1])
+        squares = np.zeros(self.features.shape[1])
+        for start in range(0, len(self.features), chunk):
+            x = self.features[start : start + chunk].astype(np.float64)
+            total += x.sum(0)
+            squares += (x * x).sum(0)
+        n = len(self.features)
+        mean = total / n
+        std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+        return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+    def batch(self, pairs: np.ndarray) -> Batch:
+        """A training batch of the given pair indices, padded as im2txt's batches."""
+        rows = self.pair_rows[pairs]
+        features = torch.from_numpy(self.features[rows].astype(np.float32))  # (B, D)
+        captions = [
+            self.caption_ids[self.caption_offsets[p] : self.caption_offsets[p + 1]] for p in pairs
+        ]
+        lengths = [len(c) - 1 for c in captions]
+        b, t = len(pairs), max(lengths)
+        input_seqs = torch.zeros(b, t, dtype=torch.int64)
+        target_seqs = torch.zeros(b, t, dtype=torch.int64)
+        mask = torch.zeros(b, t, dtype=torch.int32)
+        for i, (caption, n) in enumerate(zip(captions, lengths, strict=True)):
+            ids = torch.from_numpy(caption)
+            input_seqs[i, :n] = ids[:-1]
+            target_seqs[i, :n] = ids[1:]
+            mask[i, :n] = 1
+        return Batch(features, input_seqs, target_seqs, mask, torch.from_numpy(rows))
+
+
+class _FirstOccurrences(IterableDataset):
+    """Preprocessed images of the records chosen to represent each image, split by
+    shard across DataLoader workers: yields (feature row, image)."""
+
+    def __init__(self, files: list[Path], chosen: dict[tuple[int, int], int], image: ImageConfig):
+        self.files, self.chosen, self.image = files, chosen, image
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        preprocess = ImagePreprocessor(self.image, training=False)
+        for f in range(worker, len(self.files), workers):
+            for r, record in enumerate(read_caption_records(self.files[f])):
+                row = self.chosen.get((f, r))
+                if row is not None:
+                    try:
+                        yield row, preprocess(record.image_data)
+                    except BadImageError as e:
+                        print(f"warning: image {record.image_id}: {e}", file=sys.stderr)
+                        yield row, torch.zeros(3, self.image.height, self.image.width)
+
+
+def build_feature_cache(
+    files: list[Path],
+    encoder: Encoder,
+    image: ImageConfig,
+    cache_root: Path,
+    device: torch.device,
+    num_workers: int = 2,
+    batch_size: int = 64,
+) -> FeatureCache:
+    """Returns the cache for this encoder, preprocessing and data; builds it if missing."""
+    directory = cache_root / cache_key(encoder, image, files)
+    if (directory / META_FILE).is_file():
+        print(f"Feature cache: reusing {directory}", flush=True)
+        return FeatureCache.open(directory)
+
+    # Pass 1: every training pair's caption ids; one record chosen per image.
+    rows: dict[int, int] = {}
+    chosen: dict[tuple[int, int], int] = {}
+    pair_rows: list[int] = []
+    offsets, ids = [0], []
+    for f, path in enumerate(tqdm(files, desc="reading captions", unit="shard", file=sys.stderr)):
+        for r, record in enumerate(read_caption_records(path)):
+            if record.image_id not in rows:
+                rows[record.image_id] = len(rows)
+                chosen[(f, r)] = rows[record.image_id]
+            pair_rows.append(rows[record.image_id])
+            ids.extend(record.caption_ids)
+            offsets.append(len(ids))
+
+    # Pass 2: encode each chosen image once.
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = cache_root / f".tmp-{directory.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    features = np.lib.format.open_memmap(
+        tmp / FEATURES_FILE, mode="w+", dtype=np.float16, shape=(len(rows), encoder.output_dim)
+    )
+    loader = DataLoader(
+        _FirstOccurrences(files, chosen, image),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
+    encoder = encoder.to(device).eval()
+    with (
+        torch.inference_mode(),
+        autocast,
+        tqdm(total=len(rows), desc="caching features", unit="img", file=sys.stderr) as bar,
+    ):
+        for batch_rows, images in loader:
+            out = encoder(images.to(device, non_blocking=True)).float()
+            features[batch_rows.numpy()] = out.cpu().numpy().astype(np.float16)
+            bar.update(len(batch_rows))
+    features.flush()
+    del features
+    np.savez(
+        tmp / PAIRS_FILE,
+        pair_rows=np.asarray(pair_rows, dtype=np.int64),
+        caption_offsets=np.asarray(offsets, dtype=np.int64),
+        caption_ids=np.asarray(ids, dtype=np.int64),
+    )
+    meta = {
+        "encoder": encoder.name,
+        "image": dataclasses.asdict(image),
+        "files": [str(p) for p in files],
+        "images": len(rows),
+        "pairs": len(pair_rows),
+        "feature_dim": encoder.output_dim,
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if directory.exists():  # another process finished first: keep theirs
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, directory)
+    print(
+        f"Feature cache: {len(rows):,} images, {len(pair_rows):,} pairs -> {directory}", flush=True
+    )
+    return FeatureCache.open(directory)

@@ -1,0 +1,502 @@
+"""`showtell train`: im2txt's training, phase 1 (frozen encoder) and phase 2 (all).
+
+    showtell train --input_file_pattern=DIR/train-?????-of-00256 --train_dir=RUN \
+        --inception_checkpoint_file=inception_v3.pth --train_inception=false \
+        --number_of_steps=1000000
+
+Schedule (im2txt's): plain SGD, batch 32, learning rate 2.0 halved every 8 epochs
+(staircase) in phase 1; a constant 0.0005 in phase 2; gradients clipped to global
+norm 5. `--number_of_steps` is the global step to stop at, across phases.
+
+Resume vs initialise: a train_dir that holds a checkpoint is resumed exactly (weights,
+optimizer, step, RNG states, data position); otherwise the model is initialised and
+the encoder weights file is used (step 0 only, as in the seed). The log says which.
+
+Many processes (`torchrun --nproc_per_node=N -m showtell train ...`): DDP, NCCL on
+GPUs and gloo on CPUs. Each process takes `--batch_size` pairs a step, so the
+effective batch is N x batch_size; the learning rate is not scaled (scale it yourself,
+e.g. linearly, if you keep the effective batch large), and "8 epochs" counts epochs
+of the effective batch, so the decay still happens every 8 passes over the data.
+Only rank 0 writes checkpoints, logs and TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from showtell.config import ModelConfig, TrainConfig, model_config_from_dict
+from showtell.data.build import DATASET_JSON
+from showtell.data.dataset import Batch, CaptionDataset, make_loader
+from showtell.data.records import expand_file_patterns, read_records
+from showtell.data.vocab import Vocabulary
+from showtell.encoders import encoder_spec, load_pretrained
+from showtell.errors import ShowtellError
+from showtell.model import ShowAndTell
+from showtell.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from showtell.training.features import FeatureCache, build_feature_cache, default_cache_root
+
+# --- processes and devices -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Process:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def select_device(spec: str, local_rank: int = 0) -> torch.device:
+    if spec != "auto":
+        return torch.device(spec)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def setup_process(device_spec: str) -> Process:
+    """Single process, or DDP when launched by torchrun (RANK/WORLD_SIZE set)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Process(0, 1, select_device(device_spec))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_spec, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Process(rank, world_size, device)
+
+
+# --- what the loop needs ---------------------------------------------------------------
+
+
+def learning_rate(step: int, config: TrainConfig, steps_per_epoch: float) -> float:
+    """im2txt's schedule: staircase exponential decay in phase 1, constant in phase 2."""
+    if config.train_inception:
+        return config.train_inception_learning_rate
+    decay_steps = max(1, int(steps_per_epoch * config.num_epochs_per_decay))
+    return config.initial_learning_rate * config.learning_rate_decay_factor ** (step // decay_steps)
+
+
+def count_pairs(files: list[Path]) -> int:
+    """Training pairs in the shards: from dataset.json when it describes exactly these
+    shards, else by reading every record once."""
+    info_path = files[0].parent / DATASET_JSON
+    if info_path.is_file():
+        import json
+
+        info = json.loads(info_path.read_text())
+        names = sorted(p.name for p in files)
+        for split in info.get("splits", {}).values():
+            if sorted(split["shards"]) == names:
+                return int(split["pairs"])
+    return sum(1 for path in files for _ in read_records(path, verify=False))
+
+
+def find_vocabulary(config: TrainConfig, files: list[Path]) -> Vocabulary:
+    path = Path(config.vocab_file) if config.vocab_file else files[0].parent / "word_counts.txt"
+    if not path.is_file():
+        raise ShowtellError(f"{path}: vocabulary not found (give --vocab_file)")
+    return Vocabulary.load(path)
+
+
+def resolve_model_config(overrides: dict[str, Any], vocab: Vocabulary) -> ModelConfig:
+    """A fresh model's config: im2txt's defaults, the encoder's input size, the user's
+    settings, and the vocabulary's size."""
+    encoder = overrides.get("encoder", ModelConfig().encoder)
+    base = {"image": asdict(encoder_spec(encoder).image)}
+    merged = {**base, **overrides, "vocab_size": len(vocab)}
+    if "image" in overrides:
+        merged["image"] = {**base["image"], **overrides["image"]}
+    return model_config_from_dict(merged)
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in wanted.items():
+        if isinstance(value, dict) and isinstance(saved.get(key), dict):
+            found += _differences(saved[key], value, f"{prefix}{key}.")
+        elif saved.get(key) != value and not (
+            isinstance(value, list | tuple) and list(saved.get(key) or []) == list(value)
+        ):
+            found.append(f"{prefix}{key}: checkpoint {saved.get(key)!r}, asked {value!r}")
+    return found
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- data streams ------------------------------------------------------------------------
+
+
+class CachedBatches:
+    """Phase 1 from the feature cache: each epoch a fresh permutation of all pairs
+    (seeded by epoch), cut into batches, every rank taking its own slice of each
+    step's effective batch. Exact to resume: (epoch, batch) is the whole position."""
+
+    def __init__(self, cache: FeatureCache, batch_size: int, process: Process, seed: int):
+        self.cache, self.batch_size, self.process, self.seed = cache, batch_size, process, seed
+        self.steps_per_epoch = cache.num_pairs // (batch_size * process.world_size)
+        if self.steps_per_epoch == 0:
+            raise ShowtellError(
+                f"{cache.num_pairs} training pairs are fewer than one effective batch of "
+                f"{batch_size * process.world_size}"
+            )
+
+    def __call__(self, epoch: int, start: int) -> Iterator[Batch]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.cache.num_pairs, generator=g).numpy()
+        b, world = self.batch_size, self.process.world_size
+        for step in range(start, self.steps_per_epoch):
+            first = (step * world + self.process.rank) * b
+            yield self.cache.batch(np.sort(order[first : first + b]))
+
+
+class RecordBatches:
+    """Phase 2 (or `--no-feature-cache`): images decoded and distorted from the shards."""
+
+    def __init__(
+        self, files: list[Path], model_config: ModelConfig, config: TrainConfig, process: Process
+    ):
+        self.dataset = CaptionDataset(
+            [str(f) for f in files], model_config.image, training=True, seed=config.seed
+        )
+        self.batch_size, self.config, self.process = config.batch_size, config, process
+        self.steps_per_epoch = count_pairs(files) / (config.batch_size * process.world_size)
+
+    def __call__(self, epoch: int, start: int) -> Iterator[Batch]:
+        self.dataset.set_epoch(epoch)
+        # Resuming mid-epoch: each reader skips its share of what was already consumed.
+        readers = max(1, self.config.num_workers)
+        self.dataset.skip_records = start * self.batch_size // readers
+        loader = make_loader(
+            self.dataset,
+            self.batch_size,
+            self.config.num_workers,
+            pin_memory=self.process.device.type == "cuda",
+        )
+        yield from loader
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Runs training until `config.number_of_steps`; returns a summary."""
+    model_overrides = model_overrides or {}
+    process = setup_process(config.device)
+    try:
+        return _train(config, model_overrides, process)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _say(process: Process, message: str) -> None:
+    if process.is_main:
+        print(message, flush=True)
+
+
+def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> dict[str, Any]:
+    if not config.train_dir:
+        raise ShowtellError("train needs --train_dir")
+    if not config.input_file_pattern:
+        raise ShowtellError("train needs --input_file_pattern")
+    train_dir = Path(config.train_dir)
+    files = expand_file_patterns(config.input_file_pattern)
+    vocab = find_vocabulary(config, files)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+
+    # Resume, or initialise.
+    checkpoint_path = latest_checkpoint(train_dir) if train_dir.exists() else None
+    if checkpoint_path is not None:
+        checkpoint = load_checkpoint(checkpoint_path)
+        if checkpoint.vocab.words != vocab.words:
+            raise ShowtellError(
+                f"{checkpoint.path}: its vocabulary ({len(checkpoint.vocab)} ids) differs from "
+                f"the data's ({len(vocab)} ids): these records were built with another "
+                "word_counts.txt"
+            )
+        wanted = asdict(model_config_from_dict(overrides)) if overrides else {}
+        conflicts = _differences(
+            asdict(checkpoint.model_config), {k: v for k, v in wanted.items() if k in overrides}
+        )
+        if conflicts:
+            raise ShowtellError(
+                f"{train_dir} holds a model of another configuration ("
+                + "; ".join(conflicts)
+                + "): use a new --train_dir"
+            )
+        model_config = checkpoint.model_config
+    else:
+        checkpoint = None
+        model_config = resolve_model_config(overrides, vocab)
+
+    model = ShowAndTell(model_config)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.model_state())
+        state = checkpoint.train_state()
+        global_step = int(state["global_step"])
+        _say(process, f"Resuming from {checkpoint.path} at step {global_step}")
+    else:
+        state = None
+        global_step = 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            source = load_pretrained(model.encoder, config.inception_checkpoint_file)
+        for w in caught:
+            if process.is_main:
+                print(f"warning: {w.message}", file=sys.stderr)
+        if config.train_inception and source.startswith("random"):
+            _say(process, "warning: phase 2 on an empty train_dir: the encoder is random")
+        _say(process, f"Initialising a new model in {train_dir} (encoder: {source})")
+    model.set_train_encoder(config.train_inception)
+    model.to(process.device)
+
+    if global_step >= config.number_of_steps:
+        _say(process, f"Step {global_step} already reaches --number_of_steps; nothing to do")
+        return {"global_step": global_step, "checkpoint": str(checkpoint_path)}
+
+    # Data: the feature cache in phase 1, else images from the records.
+    use_cache = config.feature_cache and not config.train_inception
+    if use_cache:
+        cache_root = (
+            Path(config.feature_cache_dir) if config.feature_cache_dir else default_cache_root()
+        )
+        if process.is_main:
+            cache = build_feature_cache(
+                files,
+                model.encoder,
+                model_config.image,
+                cache_root,
+                process.device,
+                config.num_workers,
+            )
+        if process.world_size > 1:
+            dist.barrier()
+            if not process.is_main:
+                cache = build_feature_cache(
+                    files, model.encoder, model_config.image, cache_root, process.device, 0
+                )
+        batches: CachedBatches | RecordBatches = CachedBatches(
+            cache, config.batch_size, process, config.seed
+        )
+    else:
+        batches = RecordBatches(files, model_config, config, process)
+
+    if checkpoint is None and model_config.normalize_features:
+        mean, std = (
+            cache.feature_stats()
+            if use_cache
+            else _sample_feature_stats(model, files, model_config, process)
+        )
+        model.feature_mean.copy_(mean.to(process.device))
+        model.feature_std.copy_(std.clamp_min(1e-6).to(process.device))
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        parameters, lr=learning_rate(global_step, config, batches.steps_per_epoch)
+    )
+    epoch, position = 0, 0
+    if state is not None:
+        same_phase = bool(state.get("train_inception")) == config.train_inception
+        if same_phase:
+            optimizer.load_state_dict(state["optimizer"])
+            epoch, position = int(state["epoch"]), int(state["position"])
+            _set_rng_state(state["rng"])
+        else:
+            _say(
+                process,
+                f"Phase changes at step {global_step}: train_inception={config.train_inception}",
+            )
+
+    network: torch.nn.Module = model
+    if process.world_size > 1:
+        network = DistributedDataParallel(
+            model, device_ids=[process.device.index] if process.device.type == "cuda" else None
+        )
+    if config.compile:
+        network = torch.compile(network)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if process.device.type == "cuda"
+        else nullcontext()
+    )
+
+    writer = None
+    if process.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(train_dir))
+
+    def save(step: int) -> Path:
+        train_state = {
+            "global_step": step,
+            "train_inception": config.train_inception,
+            "epoch": epoch,
+            "position": position,
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(),
+        }
+        info = {"train_inception": config.train_inception, "train_config": asdict(config)}
+        return save_checkpoint(
+            train_dir,
+            step,
+            model,
+            model_config,
+            vocab,
+            train_state,
+            info,
+            config.max_checkpoints_to_keep,
+        )
+
+    phase = 2 if config.train_inception else 1
+    _say(
+        process,
+        f"Training phase {phase} from step {global_step} to {config.number_of_steps}: "
+        f"{'cached features' if use_cache else 'images from records'}, "
+        f"batch {config.batch_size} x {process.world_size} process(es), device {process.device}",
+    )
+    model.train()
+    start_time = last_save_time = time.time()
+    window_start, window_captions, window_loss, window_steps = time.time(), 0, 0.0, 0
+    last_checkpoint: Path | None = checkpoint_path
+    loss_value = float("nan")
+    stream = batches(epoch, position)
+    try:
+        while global_step < config.number_of_steps:
+            batch = next(stream, None)
+            if batch is None:  # end of an epoch
+                epoch, position = epoch + 1, 0
+                stream = batches(epoch, position)
+                continue
+            batch = batch.to(process.device, non_blocking=True)
+            lr = learning_rate(global_step, config, batches.steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                inputs = {"features": batch.images} if use_cache else {"images": batch.images}
+                batch_loss = network(batch.input_seqs, batch.target_seqs, batch.mask, **inputs)
+                total_loss = batch_loss + (
+                    model.encoder_l2_loss() if config.train_inception else 0.0
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total_loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.clip_gradients)
+            optimizer.step()
+            global_step += 1
+            position += 1
+            loss_value = batch_loss.item()
+            if not math.isfinite(loss_value):
+                raise ShowtellError(
+                    f"loss became {loss_value} at step {global_step}; lower the learning rate"
+                )
+            window_captions += len(batch) * process.world_size
+            window_loss += loss_value
+            window_steps += 1
+
+            if process.is_main and global_step % config.log_every_n_steps == 0:
+                elapsed = time.time() - window_start
+                rate = window_captions / elapsed if elapsed > 0 else 0.0
+                lengths = batch.mask.sum(1).float()
+                assert writer is not None
+                writer.add_scalar("losses/batch_loss", loss_value, global_step)
+                writer.add_scalar("losses/total_loss", total_loss.item(), global_step)
+                writer.add_scalar("learning_rate", lr, global_step)
+                writer.add_scalar("captions/length_mean", float(lengths.mean()), global_step)
+                writer.add_scalar("captions/length_max", float(lengths.max()), global_step)
+                writer.add_scalar("captions/length_min", float(lengths.min()), global_step)
+                writer.add_scalar("captions_per_second", rate, global_step)
+                print(
+                    f"step {global_step}: loss {window_loss / window_steps:.4f} "
+                    f"(mean of {window_steps} steps), total_loss {total_loss.item():.4f}, "
+                    f"lr {lr:g}, {rate:,.1f} captions/s",
+                    flush=True,
+                )
+                window_start, window_captions, window_loss, window_steps = time.time(), 0, 0.0, 0
+
+            now = time.time()
+            due = (
+                config.save_interval_steps and global_step % config.save_interval_steps == 0
+            ) or (config.save_interval_secs and now - last_save_time >= config.save_interval_secs)
+            if due and global_step < config.number_of_steps:
+                if process.is_main:
+                    last_checkpoint = save(global_step)
+                last_save_time = now
+    except KeyboardInterrupt:
+        if process.is_main:
+            last_checkpoint = save(global_step)
+            print(f"Interrupted: saved {last_checkpoint}", file=sys.stderr)
+        raise
+    if process.is_main:
+        last_checkpoint = save(global_step)
+        assert writer is not None
+        writer.close()
+    seconds = time.time() - start_time
+    summary = {
+        "global_step": global_step,
+        "phase": phase,
+        "loss": loss_value,
+        "seconds": seconds,
+        "checkpoint": str(last_checkpoint),
+    }
+    _say(
+        process,
+        f"Finished training at step {global_step} (phase {phase}): loss {loss_value:.4f}, "
+        f"{seconds:.1f} s; checkpoint {last_checkpoint}",
+    )
+    return summary
+
+
+def _sample_feature_stats(
+    model: ShowAndTell,
+    files: list[Path],
+    model_config: ModelConfig,
+    process: Process,
+    limit: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature statistics from up to `limit` training images (no cache to measure)."""
+    dataset = CaptionDataset([str(f) for f in files], model_config.image, training=False)
+    loader = make_loader(dataset, batch_size=64, num_workers=0)
+    chunks, seen = [], 0
+    model.encoder.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            chunks.append(model.encoder(batch.images.to(process.device)).float().cpu())
+            seen += len(batch)
+            if seen >= limit:
+                break
+    features = torch.cat(chunks).double()
+    return features.mean(0).float(), features.std(0, unbiased=False).float()

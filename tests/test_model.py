@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from showtell.config import ImageConfig, ModelConfig
+from showtell.model import ShowAndTell, count_parameters
+
+TINY = ModelConfig(
+    encoder="cnn_small",
+    vocab_size=23,
+    embedding_size=16,
+    num_lstm_units=12,
+    image=ImageConfig(resize_height=36, resize_width=36, height=32, width=32),
+)
+
+
+def test_parameter_counts_match_im2txt() -> None:
+    model = ShowAndTell(ModelConfig(vocab_size=12000))
+    assert count_parameters(model.image_embedding) == 1_048_576
+    assert count_parameters(model.seq_embedding) == 6_144_000
+    # TF's BasicLSTMCell: one kernel [1024, 2048] and one bias [2048]. PyTorch's second
+    # bias (hidden-to-hidden) is held at zero and frozen, so the trainable count matches.
+    assert count_parameters(model.lstm) == 2_099_200
+    assert not model.lstm.bias_hh_l0.requires_grad and model.lstm.bias_hh_l0.abs().sum() == 0
+    assert count_parameters(model.logits) == 6_156_000
+    assert model.encoder.output_dim == 2048
+
+
+def test_initialisation() -> None:
+    model = ShowAndTell(TINY)
+    h = TINY.num_lstm_units
+    for p in (model.image_embedding.weight, model.seq_embedding.weight, model.logits.bias):
+        assert p.abs().max() <= 0.08
+    forget = model.lstm.bias_ih_l0[h : 2 * h]
+    assert forget.min() >= 0.92 and forget.max() <= 1.08  # forget-gate bias +1
+    others = torch.cat([model.lstm.bias_ih_l0[:h], model.lstm.bias_ih_l0[2 * h :]])
+    assert others.abs().max() <= 0.08
+
+
+def test_forward_equals_step_by_step() -> None:
+    torch.manual_seed(0)
+    model = ShowAndTell(TINY).eval()
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    input_seqs = torch.randint(0, 23, (3, 7))
+    target_seqs = torch.randint(0, 23, (3, 7))
+    features = model.image_features(images)
+    teacher = model.log_probs(features, input_seqs)  # (3, 7, 23)
+
+    state = model.encode(images)
+    for t in range(7):
+        log_probs, state = model.step(input_seqs[:, t], state)
+        torch.testing.assert_close(log_probs, teacher[:, t], atol=1e-5, rtol=1e-5)
+
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], dtype=torch.int32)
+    loss = model(input_seqs, target_seqs, mask, images=images)
+    picked = teacher.gather(2, target_seqs.unsqueeze(2)).squeeze(2)  # (3, 7)
+    expected = -(picked * mask).sum() / mask.sum()  # im2txt: sum(loss * mask) / sum(mask)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(input_seqs, target_seqs, mask, features=features), loss)
+
+
+def test_frozen_encoder_gets_no_gradients_and_keeps_its_statistics() -> None:
+    torch.manual_seed(0)
+    model = ShowAndTell(TINY)
+    model.set_train_encoder(False)
+    model.train()
+    bn = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    seqs = torch.randint(0, 23, (4, 5))
+    mask = torch.ones(4, 5, dtype=torch.int32)
+    model(seqs, seqs, mask, images=images).backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.image_embedding.weight.grad is not None
+    for m, (mean, var) in zip(bn, before, strict=True):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+    assert model.lstm_dropout.training and not model.encoder.training
+
+    # Phase 2: the encoder trains, its batch-norm statistics move, L2 applies to it.
+    model.set_train_encoder(True)
+    model.train()
+    (model(seqs, seqs, mask, images=images) + model.encoder_l2_loss()).backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert any(
+        not torch.equal(m.running_mean, mean) for m, (mean, _) in zip(bn, before, strict=True)
+    )
+    weights = [p for p in model.encoder.parameters() if p.ndim > 1]
+    expected = 4e-5 * 0.5 * sum(float(w.detach().pow(2).sum()) for w in weights)
+    assert model.encoder_l2_loss().item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dropout_only_in_training() -> None:
+    model = ShowAndTell(TINY)
+    features = torch.randn(2, 2048)
+    seqs = torch.randint(0, 23, (2, 6))
+    model.eval()
+    assert torch.equal(model.log_probs(features, seqs), model.log_probs(features, seqs))
+    model.train()
+    assert not torch.equal(model.log_probs(features, seqs), model.log_probs(features, seqs))
