@@ -1,0 +1,209 @@
+"""Training end to end on a tiny synthetic data set, through the real entry points."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from showtell.cli import main
+from showtell.config import TrainConfig
+from showtell.data.build import BuildConfig, build_mscoco
+from showtell.data.synthetic import SyntheticConfig, make_synthetic
+from showtell.errors import ShowtellError
+from showtell.training.checkpoint import (
+    INDEX_FILE,
+    MODEL_FILE,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
+from showtell.training.train import train
+
+MODEL = {
+    "encoder": "cnn_small",
+    "embedding_size": 32,
+    "num_lstm_units": 32,
+    "normalize_features": True,
+    "image": {"resize_height": 36, "resize_width": 36, "height": 32, "width": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic(
+        root / "synthetic", SyntheticConfig(num_images=160, seed=5, image_size=32), workers=1
+    )
+    s = root / "synthetic"
+    build_mscoco(
+        s / "annotations" / "captions_train.json",
+        s / "train",
+        s / "annotations" / "captions_val.json",
+        s / "val",
+        BuildConfig(
+            output_dir=root / "records",
+            train_shards=2,
+            val_shards=1,
+            test_shards=1,
+            num_workers=1,
+            min_word_count=2,
+        ),
+    )
+    return root / "records"
+
+
+def config(records: Path, train_dir: Path, steps: int, **changes: object) -> TrainConfig:
+    values = dict(
+        input_file_pattern=str(records / "train-*"),
+        train_dir=str(train_dir),
+        number_of_steps=steps,
+        batch_size=16,
+        feature_cache_dir=str(records.parent / "feature-cache"),
+        num_workers=0,
+        save_interval_secs=0,
+        log_every_n_steps=10,
+        seed=3,
+    )
+    values.update(changes)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+def weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(checkpoint_dir / MODEL_FILE)
+
+
+def test_tiny_model_learns_and_phase_two_follows(records: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    first = train(config(records, run, 1), MODEL)
+    later = train(config(records, run, 600), MODEL)
+    assert later["loss"] < 0.6 * first["loss"], (first["loss"], later["loss"])
+    out = capsys.readouterr().out
+    assert "Resuming from" in out and "at step 1" in out
+
+    phase1 = latest_checkpoint(run)
+    phase2 = train(
+        config(records, run, 606, train_inception=True, train_inception_learning_rate=0.5), MODEL
+    )
+    assert phase2["global_step"] == 606 and phase2["phase"] == 2
+    assert "Phase changes at step 600" in capsys.readouterr().out
+    before, after = weights(phase1), weights(Path(phase2["checkpoint"]))
+    assert not torch.equal(before["encoder.backbone.0.weight"], after["encoder.backbone.0.weight"])
+    state = load_checkpoint(run).train_state()  # loads with weights_only=True
+    assert state["global_step"] == 606 and state["train_inception"] is True
+    assert (
+        len(list_checkpoints(run)) == 3
+        and (run / INDEX_FILE).read_text().strip() == "model.ckpt-606"
+    )
+
+
+def test_kill_and_resume_continues_exactly(records: Path, tmp_path: Path) -> None:
+    # The rate halves every ~12 steps here: the resumed run must follow the schedule.
+    straight = train(config(records, tmp_path / "straight", 30, num_epochs_per_decay=0.25), MODEL)
+
+    killed = tmp_path / "killed"
+    command = [
+        sys.executable, "-m", "showtell", "train", f"--input_file_pattern={records / 'train-*'}",
+        f"--train_dir={killed}", "--number_of_steps=100000", "--batch_size=16",
+        "--num_epochs_per_decay=0.25", f"--feature_cache_dir={records.parent / 'feature-cache'}",
+        "--num_workers=0", "--save_interval_secs=0", "--save_interval_steps=4", "--seed=3",
+        "--encoder=cnn_small", "--embedding_size=32", "--num_lstm_units=32",
+        "--normalize_features=true", "--config", str(tmp_path / "image.json"),
+    ]  # fmt: skip
+    (tmp_path / "image.json").write_text(
+        '{"model": {"image": {"resize_height": 36, "resize_width": 36, "height": 32, "width": 32}}}'
+    )
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = latest_checkpoint(killed) if killed.exists() else None
+        if found is not None and int(found.name.split("-")[1]) >= 12:
+            break
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed_from = load_checkpoint(killed).step
+    assert 12 <= resumed_from < 30
+
+    resumed = train(config(records, killed, 30, num_epochs_per_decay=0.25), MODEL)
+    assert resumed["global_step"] == 30
+    a, b = weights(Path(straight["checkpoint"])), weights(Path(resumed["checkpoint"]))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name  # same lr, data order, dropout: same weights
+
+
+def test_torn_checkpoint_is_never_selected(records: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config(records, run, 3, save_interval_steps=1, max_checkpoints_to_keep=2), MODEL)
+    assert [step for step, _ in list_checkpoints(run)] == [2, 3]  # older ones pruned
+    good = run / "model.ckpt-3"
+    torn = run / "model.ckpt-9"
+    shutil.copytree(good, torn)
+    data = (torn / MODEL_FILE).read_bytes()
+    (torn / MODEL_FILE).write_bytes(data[: len(data) // 2])  # half-written
+    (run / INDEX_FILE).write_text("model.ckpt-9\n")
+    (run / ".tmp-model.ckpt-10-123").mkdir()  # a save that died before its rename
+    assert latest_checkpoint(run) == good
+    assert load_checkpoint(run).step == 3
+    resumed = train(config(records, run, 4), MODEL)
+    assert resumed["global_step"] == 4
+
+
+def test_clear_errors(records: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(ShowtellError, match="no files match"):
+        train(
+            config(records, tmp_path / "r", 1, input_file_pattern=str(tmp_path / "nope-*")), MODEL
+        )
+
+    run = tmp_path / "run"
+    train(config(records, run, 1), MODEL)
+    with pytest.raises(
+        ShowtellError, match=r"another configuration \(num_lstm_units: checkpoint 32, asked 64"
+    ):
+        train(config(records, run, 2), {**MODEL, "num_lstm_units": 64})
+
+    other = tmp_path / "other-records"
+    shutil.copytree(records, other)
+    (other / "word_counts.txt").write_text("a 10\n<S> 5\n</S> 5")
+    with pytest.raises(ShowtellError, match=r"vocabulary .* differs"):
+        train(config(other, run, 2), MODEL)
+
+    train(config(records, tmp_path / "fresh", 2, train_inception=True), MODEL)
+    assert "warning: phase 2 on an empty train_dir" in capsys.readouterr().out
+
+    code = main(["train", f"--input_file_pattern={tmp_path / 'x-*'}", f"--train_dir={run}"])
+    assert code == 2 and "no files match this pattern" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp(records: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "showtell", "train", "--config", str(tmp_path / "tiny.json"),
+        f"--input_file_pattern={records / 'train-*'}", f"--train_dir={run}",
+        "--number_of_steps=12", "--batch_size=8", "--num_workers=0", "--save_interval_secs=0",
+        "--save_interval_steps=6", "--log_every_n_steps=6",
+        f"--feature_cache_dir={records.parent / 'feature-cache'}",
+    ]  # fmt: skip
+    import json
+
+    (tmp_path / "tiny.json").write_text(json.dumps({"model": MODEL}))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch 8 x 2 process(es)" in result.stdout
+    assert result.stdout.count("Finished training at step 12") == 1  # rank 0 only
+    assert [step for step, _ in list_checkpoints(run)] == [6, 12]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    assert not list(run.glob(".tmp-*"))
