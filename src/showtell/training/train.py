@@ -22,6 +22,7 @@ Only rank 0 writes checkpoints, logs and TensorBoard events.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import random
@@ -83,7 +84,10 @@ def setup_process(device_spec: str) -> Process:
     device = select_device(device_spec, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # Rank 0 may spend a long time building the feature cache while the others wait.
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=4)
+    )
     return Process(rank, world_size, device)
 
 
