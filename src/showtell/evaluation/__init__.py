@@ -1,0 +1,1 @@
+"""Evaluation: perplexity (the seed's evaluate) and the COCO caption metrics."""
