@@ -9,6 +9,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from showtell.config import TrainConfig
+from showtell.data.build import BuildConfig, build_mscoco
+from showtell.data.synthetic import SyntheticConfig, make_synthetic
+
+# A model small enough to train in seconds on the synthetic 32x32 scenes.
+TINY_MODEL = {
+    "encoder": "cnn_small",
+    "embedding_size": 32,
+    "num_lstm_units": 32,
+    "normalize_features": True,
+    "image": {"resize_height": 36, "resize_width": 36, "height": 32, "width": 32},
+}
+
 
 def jpeg_bytes(colour: tuple[int, int, int] = (200, 30, 30), size: int = 24) -> bytes:
     buffer = io.BytesIO()
@@ -62,3 +75,47 @@ def make_coco_layout(
 @pytest.fixture
 def coco_layout(tmp_path: Path) -> dict[str, Path]:
     return make_coco_layout(tmp_path / "coco", num_train=6, num_val=20)
+
+
+@pytest.fixture(scope="session")
+def synthetic_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Records of 160 synthetic 32x32 scenes: train, val and test shards."""
+    root = tmp_path_factory.mktemp("data")
+    s = root / "synthetic"
+    make_synthetic(s, SyntheticConfig(num_images=160, seed=5, image_size=32), workers=1)
+    build_mscoco(
+        s / "annotations" / "captions_train.json",
+        s / "train",
+        s / "annotations" / "captions_val.json",
+        s / "val",
+        BuildConfig(
+            output_dir=root / "records",
+            train_shards=2,
+            val_shards=1,
+            test_shards=1,
+            num_workers=1,
+            min_word_count=2,
+        ),
+    )
+    return root / "records"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synthetic_records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A train_dir holding a tiny model trained for 200 phase-1 steps."""
+    from showtell.training.train import train
+
+    train_dir = tmp_path_factory.mktemp("tiny-run")
+    config = TrainConfig(
+        input_file_pattern=str(synthetic_records / "train-*"),
+        train_dir=str(train_dir),
+        number_of_steps=200,
+        batch_size=16,
+        feature_cache_dir=str(synthetic_records.parent / "feature-cache"),
+        num_workers=0,
+        save_interval_secs=0,
+        log_every_n_steps=100,
+        seed=3,
+    )
+    train(config, TINY_MODEL)
+    return train_dir

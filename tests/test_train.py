@@ -14,10 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_MODEL as MODEL
 from showtell.cli import main
 from showtell.config import TrainConfig
-from showtell.data.build import BuildConfig, build_mscoco
-from showtell.data.synthetic import SyntheticConfig, make_synthetic
 from showtell.errors import ShowtellError
 from showtell.training.checkpoint import (
     INDEX_FILE,
@@ -28,37 +27,10 @@ from showtell.training.checkpoint import (
 )
 from showtell.training.train import train
 
-MODEL = {
-    "encoder": "cnn_small",
-    "embedding_size": 32,
-    "num_lstm_units": 32,
-    "normalize_features": True,
-    "image": {"resize_height": 36, "resize_width": 36, "height": 32, "width": 32},
-}
 
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic(
-        root / "synthetic", SyntheticConfig(num_images=160, seed=5, image_size=32), workers=1
-    )
-    s = root / "synthetic"
-    build_mscoco(
-        s / "annotations" / "captions_train.json",
-        s / "train",
-        s / "annotations" / "captions_val.json",
-        s / "val",
-        BuildConfig(
-            output_dir=root / "records",
-            train_shards=2,
-            val_shards=1,
-            test_shards=1,
-            num_workers=1,
-            min_word_count=2,
-        ),
-    )
-    return root / "records"
+@pytest.fixture
+def records(synthetic_records: Path) -> Path:
+    return synthetic_records
 
 
 def config(records: Path, train_dir: Path, steps: int, **changes: object) -> TrainConfig:

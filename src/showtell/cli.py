@@ -409,6 +409,180 @@ def _add_train_command(sub: Any) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+# --- run-inference ----------------------------------------------------------------------
+
+
+def _add_beam_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("beam search (im2txt's defaults)")
+    _flag(g, "beam_size", type=_positive_int, default=3, help="(default: %(default)s)")
+    _flag(g, "max_caption_length", type=_positive_int, default=20, help="(default: %(default)s)")
+    _flag(
+        g,
+        "length_normalization_factor",
+        type=float,
+        default=0.0,
+        help="completed captions are scored logprob / length**factor (default: %(default)s)",
+    )
+
+
+def _cmd_run_inference(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from showtell.inference import Captioner, caption_files, expand_input_files, format_captions
+
+    files = expand_input_files(args.input_files)
+    captioner = Captioner(
+        args.checkpoint_path,
+        vocab_file=args.vocab_file,
+        device=args.device,
+        beam_size=args.beam_size,
+        max_caption_length=args.max_caption_length,
+        length_normalization_factor=args.length_normalization_factor,
+    )
+    failed = 0
+    for result in caption_files(captioner, files, args.batch_size, args.num_workers):
+        if result.error is not None:
+            failed += 1
+            print(f"error: {result.file}: {result.error}", file=sys.stderr, flush=True)
+        elif args.json:
+            captions = [
+                {"caption": s, "log_prob": lp, "p": math.exp(lp)} for s, lp in result.captions
+            ]
+            print(json.dumps({"file": result.file, "captions": captions}), flush=True)
+        else:
+            print(format_captions(result), flush=True)
+    return 1 if failed else 0
+
+
+def _add_run_inference_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "run-inference",
+        aliases=["run_inference", "caption"],
+        help="caption image files with a trained model",
+        description="im2txt's run_inference, batched. Exit status 1 if any file failed.",
+    )
+    _flag(
+        p,
+        "checkpoint_path",
+        required=True,
+        help="a checkpoint folder, or a train_dir (its newest complete checkpoint)",
+    )
+    _flag(
+        p,
+        "vocab_file",
+        default=None,
+        help="optional: the checkpoint carries its vocabulary; if given, must match it",
+    )
+    _flag(p, "input_files", required=True, help="comma-separated files and globs")
+    _flag(p, "batch_size", type=_positive_int, default=32, help="images per batch")
+    _flag(p, "num_workers", type=int, default=2, help="processes decoding images")
+    _flag(p, "device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    _add_beam_flags(p)
+    p.set_defaults(func=_cmd_run_inference)
+
+
+# --- evaluate and score -----------------------------------------------------------------
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.metrics:
+        from showtell.evaluation.evaluate import evaluate_metrics
+        from showtell.inference import Captioner
+
+        captioner = Captioner(
+            args.checkpoint_dir,
+            device=args.device,
+            beam_size=args.beam_size,
+            max_caption_length=args.max_caption_length,
+            length_normalization_factor=args.length_normalization_factor,
+        )
+        evaluate_metrics(
+            captioner,
+            args.input_file_pattern,
+            args.eval_dir,
+            annotations=args.annotations,
+            batch_size=args.batch_size,
+            gallery_size=args.gallery_size,
+        )
+        return 0
+    from showtell.evaluation.evaluate import run_perplexity_loop
+
+    run_perplexity_loop(
+        args.input_file_pattern,
+        args.checkpoint_dir,
+        args.eval_dir,
+        eval_interval_secs=args.eval_interval_secs,
+        min_global_step=args.min_global_step,
+        num_eval_examples=args.num_eval_examples,
+        once=args.once,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    return 0
+
+
+def _add_evaluate_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="perplexity loop beside training (the seed's), or --metrics on a split",
+        description="Without --metrics: im2txt's evaluate, a loop over new checkpoints "
+        "writing Perplexity to TensorBoard (--once: the newest, then exit). With "
+        "--metrics: beam-search captions for every image of the split and BLEU-1..4, "
+        "METEOR, ROUGE-L, CIDEr-D, a COCO results file and an HTML gallery.",
+    )
+    _flag(p, "input_file_pattern", required=True, help="e.g. DIR/val-?????-of-00004")
+    _flag(p, "checkpoint_dir", type=Path, required=True, help="a train_dir or checkpoint folder")
+    _flag(p, "eval_dir", type=Path, required=True, help="where results and events go")
+    _flag(p, "eval_interval_secs", type=float, default=600, help="(default: %(default)s)")
+    _flag(p, "min_global_step", type=int, default=5000, help="(default: %(default)s)")
+    _flag(p, "num_eval_examples", type=_positive_int, default=10132, help="(default: %(default)s)")
+    p.add_argument("--once", action="store_true", help="evaluate the newest checkpoint and exit")
+    p.add_argument("--metrics", action="store_true", help="caption metrics instead of perplexity")
+    _flag(
+        p,
+        "annotations",
+        type=Path,
+        default=None,
+        help="with --metrics: COCO caption file with the raw reference captions",
+    )
+    _flag(p, "gallery_size", type=int, default=200, help="images in the HTML gallery")
+    _flag(p, "batch_size", type=_positive_int, default=32, help="(default: %(default)s)")
+    _flag(p, "num_workers", type=int, default=2, help="(default: %(default)s)")
+    _flag(p, "device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    _add_beam_flags(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from showtell.evaluation.evaluate import load_references, load_results, score_results
+    from showtell.evaluation.metrics import format_scores
+
+    scores = score_results(
+        load_results(args.results), load_references(args.annotations), str(args.results)
+    )
+    if args.json:
+        print(json.dumps(scores.corpus))
+    else:
+        print(format_scores(scores))
+    return 0
+
+
+def _add_score_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "score",
+        help="COCO caption metrics of any results file against any COCO caption file",
+    )
+    _flag(p, "results", type=Path, required=True, help='[{"image_id": ..., "caption": ...}]')
+    _flag(p, "annotations", type=Path, required=True, help="COCO-format caption file")
+    p.add_argument("--json", action="store_true", help="one JSON object: Bleu_1 .. CIDEr")
+    p.set_defaults(func=_cmd_score)
+
+
 # --- demo --------------------------------------------------------------------------------
 
 
@@ -432,6 +606,9 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_build_command,
     _add_show_records_command,
     _add_train_command,
+    _add_run_inference_command,
+    _add_evaluate_command,
+    _add_score_command,
     _add_demo_command,
 )
 

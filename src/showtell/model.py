@@ -125,17 +125,19 @@ class ShowAndTell(nn.Module):
         *,
         images: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> torch.Tensor:
         """The training loss: cross-entropy per target word, averaged over the mask's
-        ones (im2txt's batch_loss). Give `images` (B, 3, H, W) or cached `features`
-        (B, D). Logits are computed only where the mask is 1: padding costs nothing."""
+        ones (im2txt's batch_loss; `reduction="sum"` for the sum). Give `images`
+        (B, 3, H, W) or cached `features` (B, D). Logits are computed only where the
+        mask is 1: padding costs nothing."""
         if features is None:
             assert images is not None, "give images or features"
             features = self.image_features(images)
         hidden = self.hidden_states(features, input_seqs)  # (B, T, H)
         real = mask.bool()  # (B, T)
         logits = self.logits(hidden[real])  # (N, V), N = real target words
-        return F.cross_entropy(logits.float(), target_seqs[real])
+        return F.cross_entropy(logits.float(), target_seqs[real], reduction=reduction)
 
     def log_probs(self, features: torch.Tensor, input_seqs: torch.Tensor) -> torch.Tensor:
         """Teacher-forced next-word log-probabilities, (B, T, V)."""

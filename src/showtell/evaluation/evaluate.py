@@ -1,0 +1,314 @@
+"""`showtell evaluate`: the seed's perplexity loop, and caption metrics on a split.
+
+Perplexity (im2txt's evaluate.py): in its own process, every `eval_interval_secs` the
+newest complete checkpoint is evaluated unless it was already, or its global step is
+below `min_global_step`; perplexity per word, exp(sum(loss * mask) / sum(mask)) over
+the first `num_eval_examples` records, goes to TensorBoard as "Perplexity" in
+eval_dir. Checkpoints are only ever read once complete, so it is safe beside training.
+
+Metrics (`--metrics`): every image of the split (deduplicated from its per-caption
+records) is captioned by beam search; BLEU-1..4, METEOR, ROUGE-L and CIDEr-D are
+computed against all of its reference captions (the raw ones from `--annotations`
+when given, else the records' tokens joined). Writes a COCO results file, a metrics
+JSON, TensorBoard scalars and an HTML gallery, worst CIDEr-D first.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from showtell.data.dataset import CaptionDataset, make_loader
+from showtell.data.images import BadImageError
+from showtell.data.preprocess import ImagePreprocessor
+from showtell.data.records import expand_file_patterns, read_caption_records
+from showtell.errors import ShowtellError
+from showtell.evaluation.metrics import METRIC_NAMES, Scores, format_scores, score_captions
+from showtell.inference import Captioner
+from showtell.model import ShowAndTell
+from showtell.training.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
+from showtell.training.train import select_device
+
+
+@dataclass
+class Perplexity:
+    step: int
+    perplexity: float
+    words: int
+    examples: int
+
+
+def evaluate_perplexity(
+    checkpoint: Checkpoint,
+    files: list[Path],
+    num_eval_examples: int,
+    device: torch.device,
+    batch_size: int = 32,
+    num_workers: int = 2,
+) -> Perplexity:
+    """Per-word perplexity of the checkpoint's model on the first examples of the files."""
+    model = ShowAndTell(checkpoint.model_config)
+    model.load_state_dict(checkpoint.model_state())
+    model.to(device).eval()
+    dataset = CaptionDataset([str(f) for f in files], checkpoint.model_config.image, training=False)
+    loader = make_loader(dataset, batch_size, num_workers)
+    total_loss, words, examples = 0.0, 0, 0
+    with (
+        torch.inference_mode(),
+        tqdm(total=num_eval_examples, desc="perplexity", unit="ex", file=sys.stderr) as bar,
+    ):
+        for batch in loader:
+            take = min(len(batch), num_eval_examples - examples)
+            mask = batch.mask[:take]
+            batch = batch.to(device)
+            loss = model(
+                batch.input_seqs[:take],
+                batch.target_seqs[:take],
+                mask.to(device),
+                images=batch.images[:take],
+                reduction="sum",
+            )
+            total_loss += float(loss)
+            words += int(mask.sum())
+            examples += take
+            bar.update(take)
+            if examples >= num_eval_examples:
+                break
+    if words == 0:
+        raise ShowtellError("no evaluation examples were read")
+    return Perplexity(checkpoint.step, math.exp(total_loss / words), words, examples)
+
+
+def run_perplexity_loop(
+    input_file_pattern: str,
+    checkpoint_dir: Path,
+    eval_dir: Path,
+    *,
+    eval_interval_secs: float = 600,
+    min_global_step: int = 5000,
+    num_eval_examples: int = 10132,
+    once: bool = False,
+    device: str = "auto",
+    batch_size: int = 32,
+    num_workers: int = 2,
+) -> list[Perplexity]:
+    """The seed's evaluation loop; with `once`, the newest checkpoint and return."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    files = expand_file_patterns(input_file_pattern)
+    target = select_device(device)
+    writer = SummaryWriter(str(eval_dir))
+    results: list[Perplexity] = []
+    last_evaluated: Path | None = None
+    try:
+        while True:
+            start = time.time()
+            path = latest_checkpoint(checkpoint_dir) if checkpoint_dir.exists() else None
+            if path is None:
+                if once:
+                    raise ShowtellError(f"{checkpoint_dir}: no complete checkpoint found")
+                print(f"No checkpoint found in {checkpoint_dir}; waiting", flush=True)
+            elif path != last_evaluated:
+                checkpoint = load_checkpoint(path)
+                if checkpoint.step < min_global_step:
+                    print(
+                        f"Skipping evaluation. Global step = {checkpoint.step} < {min_global_step}",
+                        flush=True,
+                    )
+                else:
+                    result = evaluate_perplexity(
+                        checkpoint, files, num_eval_examples, target, batch_size, num_workers
+                    )
+                    writer.add_scalar("Perplexity", result.perplexity, result.step)
+                    writer.flush()
+                    results.append(result)
+                    print(
+                        f"Perplexity at step {result.step}: {result.perplexity:.4f} "
+                        f"({result.words:,} words in {result.examples:,} examples)",
+                        flush=True,
+                    )
+                last_evaluated = path
+            if once:
+                return results
+            time.sleep(max(0.0, eval_interval_secs - (time.time() - start)))
+    finally:
+        writer.close()
+
+
+# --- caption metrics ------------------------------------------------------------------
+
+
+def load_references(annotations: Path) -> dict[int, list[str]]:
+    """Raw reference captions by image id from a COCO-format caption file."""
+    try:
+        data = json.loads(annotations.read_text())
+        references: dict[int, list[str]] = {}
+        for a in data["annotations"]:
+            references.setdefault(int(a["image_id"]), []).append(str(a["caption"]))
+        return references
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ShowtellError(f"{annotations}: not a COCO caption file ({e})") from e
+
+
+def load_results(results_file: Path) -> dict[int, str]:
+    """A COCO results file: [{"image_id": ..., "caption": ...}]."""
+    try:
+        data = json.loads(results_file.read_text())
+        return {int(r["image_id"]): str(r["caption"]) for r in data}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ShowtellError(
+            f"{results_file}: not a COCO results file ([{{'image_id', 'caption'}}]): {e}"
+        ) from e
+
+
+def score_results(results: dict[int, str], references: dict[int, list[str]], source: str) -> Scores:
+    missing = [i for i in results if i not in references]
+    if missing:
+        raise ShowtellError(
+            f"{source}: {len(missing)} result image ids have no reference captions "
+            f"(e.g. {missing[:3]})"
+        )
+    return score_captions({i: references[i] for i in results}, results)
+
+
+def caption_split(
+    captioner: Captioner, files: list[Path], batch_size: int = 32
+) -> tuple[dict[int, str], dict[int, list[str]], dict[int, bytes]]:
+    """One beam-search caption per image of the shards, its record references, and
+    the image bytes (for the gallery)."""
+    references: dict[int, list[str]] = {}
+    images: dict[int, bytes] = {}
+    for path in files:
+        for record in read_caption_records(path):
+            words = [
+                w
+                for w in record.caption
+                if w not in (captioner.vocab.start_word, captioner.vocab.end_word)
+            ]
+            references.setdefault(record.image_id, []).append(" ".join(words))
+            images.setdefault(record.image_id, record.image_data)
+    preprocess = ImagePreprocessor(captioner.image_config, training=False)
+    results: dict[int, str] = {}
+    ids = list(images)
+    for start in tqdm(
+        range(0, len(ids), batch_size), desc="captioning", unit="batch", file=sys.stderr
+    ):
+        chunk, tensors = [], []
+        for image_id in ids[start : start + batch_size]:
+            try:
+                tensors.append(preprocess(images[image_id]))
+                chunk.append(image_id)
+            except BadImageError as e:
+                print(f"warning: image {image_id}: {e}", file=sys.stderr)
+                results[image_id] = ""
+        if tensors:
+            for image_id, captions in zip(
+                chunk, captioner.caption_images(torch.stack(tensors)), strict=True
+            ):
+                results[image_id] = captioner.sentence(captions[0]) if captions else ""
+    return results, references, images
+
+
+def write_gallery(
+    path: Path,
+    results: dict[int, str],
+    references: dict[int, list[str]],
+    images: dict[int, bytes],
+    scores: Scores,
+    limit: int,
+) -> None:
+    """An HTML page of images with their generated and reference captions, worst
+    CIDEr-D first; images are written beside it."""
+    image_dir = path.parent / "gallery"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    order = sorted(results, key=lambda i: scores.per_image["CIDEr"][i])[:limit]
+    rows = []
+    for image_id in order:
+        name = f"{image_id}{_extension(images.get(image_id, b''))}"
+        (image_dir / name).write_bytes(images.get(image_id, b""))
+        refs = "".join(f"<li>{html.escape(r)}</li>" for r in references[image_id])
+        rows.append(
+            f'<tr><td><img src="gallery/{name}" alt="image {image_id}"></td>'
+            f"<td><b>{html.escape(results[image_id]) or '<i>(empty)</i>'}</b>"
+            f"<br><small>image {image_id} · CIDEr-D "
+            f"{scores.per_image['CIDEr'][image_id]:.3f}</small><ul>{refs}</ul></td></tr>"
+        )
+    header = "".join(f"<th>{n}</th>" for n in METRIC_NAMES)
+    values = "".join(
+        f"<td>{'n/a' if scores.corpus[n] is None else f'{scores.corpus[n]:.4f}'}</td>"
+        for n in METRIC_NAMES
+    )
+    path.write_text(
+        "<!doctype html><meta charset=utf-8><title>showtell gallery</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td{vertical-align:top;padding:6px}"
+        "img{min-width:128px;max-width:256px;image-rendering:pixelated}"
+        "table.m td,table.m th{border:1px solid #ccc;padding:4px 8px}</style>"
+        "<h1>Generated captions, worst CIDEr-D first</h1>"
+        f"<table class=m><tr>{header}</tr><tr>{values}</tr></table>"
+        f"<p>{len(order)} of {len(results)} images.</p><table>{''.join(rows)}</table>\n"
+    )
+
+
+def _extension(data: bytes) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return {"JPEG": ".jpg", "PNG": ".png"}.get(image.format or "", ".img")
+    except Exception:
+        return ".img"
+
+
+def evaluate_metrics(
+    captioner: Captioner,
+    input_file_pattern: str,
+    eval_dir: Path,
+    annotations: Path | None = None,
+    batch_size: int = 32,
+    gallery_size: int = 200,
+) -> Scores:
+    """Captions every image of the split and scores them; writes the results file,
+    metrics JSON, TensorBoard scalars and the gallery into eval_dir."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    files = expand_file_patterns(input_file_pattern)
+    results, references, images = caption_split(captioner, files, batch_size)
+    if annotations is not None:
+        raw = load_references(annotations)
+        references = {i: raw.get(i, references[i]) for i in references}
+    scores = score_results(results, references, str(input_file_pattern))
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    (eval_dir / "captions_results.json").write_text(
+        json.dumps([{"image_id": i, "caption": c} for i, c in results.items()]) + "\n"
+    )
+    step = captioner.checkpoint.step
+    info: dict[str, Any] = {
+        "checkpoint": str(captioner.checkpoint.path),
+        "global_step": step,
+        "images": len(results),
+        "metrics": scores.corpus,
+        "note": scores.meteor_note,
+    }
+    (eval_dir / "metrics.json").write_text(json.dumps(info, indent=2) + "\n")
+    writer = SummaryWriter(str(eval_dir))
+    for name, value in scores.corpus.items():
+        if value is not None:
+            writer.add_scalar(f"metrics/{name}", value, step)
+    writer.close()
+    write_gallery(eval_dir / "gallery.html", results, references, images, scores, gallery_size)
+    print(format_scores(scores))
+    print(
+        f"Scored {len(results):,} images at step {step}; gallery: {eval_dir / 'gallery.html'}",
+        flush=True,
+    )
+    return scores

@@ -1,0 +1,176 @@
+"""Captioning images with a trained checkpoint (the seed's run_inference), batched.
+
+`Captioner` loads a checkpoint (folder or train_dir), preprocesses images as im2txt
+did for evaluation (central crop) and runs the batched beam search. `caption_files`
+decodes files in parallel and captions them in batches; every file either gets its
+captions or fails alone with a reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from showtell.config import ImageConfig
+from showtell.data.images import BadImageError
+from showtell.data.preprocess import ImagePreprocessor, decode_rgb
+from showtell.data.vocab import Vocabulary
+from showtell.errors import ShowtellError
+from showtell.generation import Caption, beam_search
+from showtell.model import ShowAndTell
+from showtell.training.checkpoint import Checkpoint, load_checkpoint
+from showtell.training.train import select_device
+
+
+@dataclass
+class ImageCaptions:
+    """The beam's captions of one image, best first; or why the image failed."""
+
+    file: str
+    captions: list[tuple[str, float]]  # (sentence, log-probability)
+    error: str | None = None
+
+
+class Captioner:
+    """A trained model ready to caption batches of preprocessed images."""
+
+    def __init__(
+        self,
+        checkpoint_path: str | Path,
+        *,
+        vocab_file: str | Path | None = None,
+        device: str = "auto",
+        beam_size: int = 3,
+        max_caption_length: int = 20,
+        length_normalization_factor: float = 0.0,
+    ) -> None:
+        self.checkpoint: Checkpoint = load_checkpoint(checkpoint_path)
+        self.vocab: Vocabulary = self.checkpoint.vocab
+        if vocab_file:
+            given = Vocabulary.load(vocab_file)
+            if given.words != self.vocab.words:
+                raise ShowtellError(
+                    f"{vocab_file}: differs from the vocabulary saved with the checkpoint "
+                    f"{self.checkpoint.path} ({len(given)} vs {len(self.vocab)} ids); "
+                    "leave --vocab_file out to use the checkpoint's"
+                )
+        self.device = select_device(device)
+        self.model = ShowAndTell(self.checkpoint.model_config)
+        self.model.load_state_dict(self.checkpoint.model_state())
+        self.model.to(self.device).eval()
+        self.image_config: ImageConfig = self.checkpoint.model_config.image
+        self.beam_size = beam_size
+        self.max_caption_length = max_caption_length
+        self.length_normalization_factor = length_normalization_factor
+
+    def caption_images(self, images: torch.Tensor) -> list[list[Caption]]:
+        """(B, 3, H, W) preprocessed images -> each image's captions (token ids)."""
+        with torch.inference_mode():
+            state = self.model.encode(images.to(self.device))
+            return beam_search(
+                self.model.step,
+                state,
+                self.vocab.start_id,
+                self.vocab.end_id,
+                self.beam_size,
+                self.max_caption_length,
+                self.length_normalization_factor,
+            )
+
+    def sentence(self, caption: Caption) -> str:
+        """The words between the start word and the end word (if the caption has one)."""
+        ids = list(caption.tokens[1:])
+        if ids and ids[-1] == self.vocab.end_id:
+            ids = ids[:-1]
+        return " ".join(self.vocab.decode(ids))
+
+
+def expand_input_files(patterns: str) -> list[str]:
+    """The seed's --input_files: comma-separated files and globs, in the order given
+    (each glob's matches sorted). A glob that matches nothing is an error; a plain
+    path that does not exist is kept, to fail alone when it is read."""
+    files: list[str] = []
+    for pattern in (p.strip() for p in patterns.split(",")):
+        if not pattern:
+            continue
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise ShowtellError(f"{pattern}: no files match this pattern")
+            files.extend(matches)
+        else:
+            files.append(pattern)
+    if not files:
+        raise ShowtellError("--input_files is empty")
+    return files
+
+
+class _ImageFiles(Dataset):
+    """Reads, decodes (EXIF orientation applied) and preprocesses one file; a failure
+    comes back as its reason instead of an exception."""
+
+    def __init__(self, files: Sequence[str], image_config: ImageConfig) -> None:
+        self.files = files
+        self.preprocess = ImagePreprocessor(image_config, training=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        path = self.files[index]
+        try:
+            if os.path.isdir(path):
+                return index, None, "is a directory"
+            with open(path, "rb") as f:
+                data = f.read()
+            image = decode_rgb(data, apply_exif_orientation=True)
+            return index, self.preprocess.from_uint8(image), None
+        except FileNotFoundError:
+            return index, None, "file not found"
+        except OSError as e:
+            return index, None, f"cannot read file: {e.strerror or e}"
+        except BadImageError as e:
+            return index, None, str(e)
+
+
+def _collate(items: list) -> list:
+    return items
+
+
+def caption_files(
+    captioner: Captioner, files: Sequence[str], batch_size: int = 32, num_workers: int = 2
+) -> Iterator[ImageCaptions]:
+    """Captions for each file, in order; decoding runs in `num_workers` processes."""
+    loader = DataLoader(
+        _ImageFiles(files, captioner.image_config),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    for items in loader:
+        good = [(i, image) for i, image, error in items if error is None]
+        captions = captioner.caption_images(torch.stack([im for _, im in good])) if good else []
+        by_index = {i: c for (i, _), c in zip(good, captions, strict=True)}
+        for index, _, error in items:
+            if error is not None:
+                yield ImageCaptions(files[index], [], error)
+            else:
+                yield ImageCaptions(
+                    files[index],
+                    [(captioner.sentence(c), c.logprob) for c in by_index[index]],
+                )
+
+
+def format_captions(result: ImageCaptions) -> str:
+    """The seed's output for one image."""
+    lines = [f"Captions for image {os.path.basename(result.file)}:"]
+    for i, (sentence, logprob) in enumerate(result.captions):
+        lines.append(f"  {i}) {sentence} (p={math.exp(logprob):f})")
+    return "\n".join(lines)
