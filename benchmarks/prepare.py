@@ -108,45 +108,68 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}; workdir {workdir}")
 
     synthetic = make_synthetic(workdir / "synthetic", SyntheticConfig(num_images=args.images))
-    print(f"make-synthetic: {synthetic['images_per_second']:,.0f} images/s "
-          f"({args.images:,} images in {synthetic['seconds']:.1f} s)")  # fmt: skip
+    print(
+        f"make-synthetic: {synthetic['images_per_second']:,.0f} images/s "
+        f"({args.images:,} images in {synthetic['seconds']:.1f} s)"
+    )
 
     s = workdir / "synthetic"
     build = [
-        sys.executable, "-m", "showtell", "build-mscoco-data",
-        f"--train_image_dir={s / 'train'}", f"--val_image_dir={s / 'val'}",
+        sys.executable,
+        "-m",
+        "showtell",
+        "build-mscoco-data",
+        f"--train_image_dir={s / 'train'}",
+        f"--val_image_dir={s / 'val'}",
         f"--train_captions_file={s / 'annotations' / 'captions_train.json'}",
         f"--val_captions_file={s / 'annotations' / 'captions_val.json'}",
-        f"--output_dir={workdir / 'records'}", "--train_shards=16", "--val_shards=2",
+        f"--output_dir={workdir / 'records'}",
+        "--train_shards=16",
+        "--val_shards=2",
         "--test_shards=2",
-    ]  # fmt: skip
+    ]
     seconds, peak = run_measuring_rss(build)
     info = json.loads((workdir / "records" / "dataset.json").read_text())
     pairs = sum(v["pairs"] for v in info["splits"].values())
-    print(f"build-mscoco-data: {args.images / seconds:,.0f} images/s, {pairs / seconds:,.0f} "
-          f"pairs/s ({seconds:.1f} s); peak RSS of the process tree "
-          f"{peak / 2**20:,.0f} MiB")  # fmt: skip
+    print(
+        f"build-mscoco-data: {args.images / seconds:,.0f} images/s, {pairs / seconds:,.0f} "
+        f"pairs/s ({seconds:.1f} s); peak RSS of the process tree "
+        f"{peak / 2**20:,.0f} MiB"
+    )
 
     coco_like = workdir / "coco-like"
     make_synthetic(coco_like, SyntheticConfig(num_images=400, image_size=640, val_fraction=0.5))
     subprocess.run(
-        [sys.executable, "-m", "showtell", "build-mscoco-data",
-         f"--train_image_dir={coco_like / 'train'}", f"--val_image_dir={coco_like / 'val'}",
-         f"--train_captions_file={coco_like / 'annotations' / 'captions_train.json'}",
-         f"--val_captions_file={coco_like / 'annotations' / 'captions_val.json'}",
-         f"--output_dir={coco_like / 'records'}", "--train_shards=2", "--val_shards=1",
-         "--test_shards=1"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "showtell",
+            "build-mscoco-data",
+            f"--train_image_dir={coco_like / 'train'}",
+            f"--val_image_dir={coco_like / 'val'}",
+            f"--train_captions_file={coco_like / 'annotations' / 'captions_train.json'}",
+            f"--val_captions_file={coco_like / 'annotations' / 'captions_val.json'}",
+            f"--output_dir={coco_like / 'records'}",
+            "--train_shards=2",
+            "--val_shards=1",
+            "--test_shards=1",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     small = loader_images_per_second(str(workdir / "records" / "train-*"), args.loader_batches)
     large = loader_images_per_second(str(coco_like / "records" / "train-*"), args.loader_batches)
     encoder = inception_images_per_second()
-    print(f"loader, 2 workers, 299x299 training crops: {small:,.0f} images/s from 64x64 "
-          f"JPEGs, {large:,.0f} images/s from 640x640 JPEGs")  # fmt: skip
+    print(
+        f"loader, 2 workers, 299x299 training crops: {small:,.0f} images/s from 64x64 "
+        f"JPEGs, {large:,.0f} images/s from 640x640 JPEGs"
+    )
     print(f"Inception v3 forward (299x299, batch 32, no grad): {encoder:,.1f} images/s")
-    print(f"ratio loader / encoder: {small / encoder:,.1f}x (64 px), "
-          f"{large / encoder:,.1f}x (640 px)")  # fmt: skip
+    print(
+        f"ratio loader / encoder: {small / encoder:,.1f}x (64 px), {large / encoder:,.1f}x (640 px)"
+    )
 
 
 if __name__ == "__main__":

@@ -93,8 +93,10 @@ def main() -> None:
         if device.type == "cuda"
         else f"{os.cpu_count()} CPU cores"
     )
-    print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}, "
-          f"~{args.caption_words} words, V=12000, bf16={args.bf16}")  # fmt: skip
+    print(
+        f"device: {name}; torch {torch.__version__}; batch {args.batch_size}, "
+        f"~{args.caption_words} words, V=12000, bf16={args.bf16}"
+    )
 
     config = ModelConfig(vocab_size=12000)
     model = ShowAndTell(config).to(device)
@@ -142,9 +144,11 @@ def main() -> None:
     flops = decoder_step_flops(config, args.batch_size, input_seqs.shape[1], int(mask.sum()))
     achieved = flops / cached / 1e9
     peak = matmul_peak_gflops(device, torch.bfloat16 if args.bf16 else torch.float32)
-    print(f"decoder training step: {achieved:,.1f} GFLOP/s of a measured "
-          f"{'bf16' if args.bf16 else 'fp32'} matmul peak of {peak:,.1f} GFLOP/s "
-          f"= {achieved / peak:.0%}")  # fmt: skip
+    print(
+        f"decoder training step: {achieved:,.1f} GFLOP/s of a measured "
+        f"{'bf16' if args.bf16 else 'fp32'} matmul peak of {peak:,.1f} GFLOP/s "
+        f"= {achieved / peak:.0%}"
+    )
 
 
 if __name__ == "__main__":

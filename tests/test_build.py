@@ -54,8 +54,12 @@ def layout_with_bad_input(tmp_path: Path) -> dict[str, Path]:
     Image.new("RGB", (8, 8), (0, 255, 0)).save(png, format="PNG")
     (train_dir / "fine.png").write_bytes(png.getvalue())
     data = json.loads(paths["train_captions_file"].read_text())
-    for image_id, name in ((901, "not_an_image.jpg"), (902, "truncated.jpg"),
-                           (903, "missing.jpg"), (904, "fine.png")):  # fmt: skip
+    for image_id, name in (
+        (901, "not_an_image.jpg"),
+        (902, "truncated.jpg"),
+        (903, "missing.jpg"),
+        (904, "fine.png"),
+    ):
         data["images"].append({"id": image_id, "file_name": name})
         data["annotations"] += [
             {"id": image_id * 10 + k, "image_id": image_id, "caption": f"A bad thing {k}."}
@@ -69,8 +73,13 @@ def layout_with_bad_input(tmp_path: Path) -> dict[str, Path]:
 def test_build_mscoco(layout_with_bad_input: dict[str, Path], tmp_path: Path, capsys) -> None:
     paths = layout_with_bad_input
     out = tmp_path / "out"
-    flags = ["--train_shards=4", "--val_shards=1", "--test_shards=2", "--num_threads=2",
-             "--min_word_count=1"]  # fmt: skip
+    flags = [
+        "--train_shards=4",
+        "--val_shards=1",
+        "--test_shards=2",
+        "--num_threads=2",
+        "--min_word_count=1",
+    ]
     assert main(_flags(paths, out, *flags)) == 0
     captured = capsys.readouterr()
 
@@ -85,8 +94,10 @@ def test_build_mscoco(layout_with_bad_input: dict[str, Path], tmp_path: Path, ca
     assert splits["train"]["pairs"] == 2 * (6 + 1 + 17) and splits["test"]["pairs"] == 4
     assert splits["train"]["skipped_pairs"] == 6
     assert splits["train"]["shards"] == [f"train-{i:05d}-of-00004" for i in range(4)]
-    assert sorted(p.name for p in out.glob("test-*")) == ["test-00000-of-00002",
-                                                         "test-00001-of-00002"]  # fmt: skip
+    assert sorted(p.name for p in out.glob("test-*")) == [
+        "test-00000-of-00002",
+        "test-00001-of-00002",
+    ]
     assert not list(out.glob("*.tmp"))
 
     # Every bad input is named once on stderr and counted; the run went on.
@@ -178,17 +189,29 @@ def test_dashed_flags_and_karpathy_source(tmp_path: Path, capsys) -> None:
     for k, split in enumerate(["train", "restval", "val", "test", "test", "train"]):
         name = f"img{k}.jpg"
         (images / "val2014" / name).write_bytes(jpeg_bytes((k * 40, 0, 0)))
-        entries.append({
-            "split": split, "filepath": "val2014", "filename": name, "cocoid": 100 + k,
-            "sentences": [{"raw": f"A picture number {k}.", "tokens": []}],
-        })  # fmt: skip
+        entries.append(
+            {
+                "split": split,
+                "filepath": "val2014",
+                "filename": name,
+                "cocoid": 100 + k,
+                "sentences": [{"raw": f"A picture number {k}.", "tokens": []}],
+            }
+        )
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": entries}))
     out = tmp_path / "out"
-    code = main([
-        "build_mscoco_data", f"--karpathy-split-file={tmp_path / 'dataset_coco.json'}",
-        f"--image-dir={images}", f"--output-dir={out}", "--train-shards=1",
-        "--val-shards=1", "--test-shards=1", "--min-word-count=1",
-    ])  # fmt: skip
+    code = main(
+        [
+            "build_mscoco_data",
+            f"--karpathy-split-file={tmp_path / 'dataset_coco.json'}",
+            f"--image-dir={images}",
+            f"--output-dir={out}",
+            "--train-shards=1",
+            "--val-shards=1",
+            "--test-shards=1",
+            "--min-word-count=1",
+        ]
+    )
     assert code == 0
     splits = json.loads((out / "dataset.json").read_text())["splits"]
     assert {k: v["images"] for k, v in splits.items()} == {"train": 3, "val": 1, "test": 2}
@@ -201,11 +224,20 @@ def test_dashed_flags_and_karpathy_source(tmp_path: Path, capsys) -> None:
         (images / e["filename"]).write_bytes((images / "val2014" / e["filename"]).read_bytes())
     (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"images": entries}))
     out8k = tmp_path / "out8k"
-    assert main([
-        "build-mscoco-data", f"--karpathy_split_file={tmp_path / 'dataset_flickr8k.json'}",
-        f"--image_dir={images}", f"--output_dir={out8k}", "--train_shards=1",
-        "--val_shards=1", "--test_shards=1",
-    ]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "build-mscoco-data",
+                f"--karpathy_split_file={tmp_path / 'dataset_flickr8k.json'}",
+                f"--image_dir={images}",
+                f"--output_dir={out8k}",
+                "--train_shards=1",
+                "--val_shards=1",
+                "--test_shards=1",
+            ]
+        )
+        == 0
+    )
     assert sorted(r.image_id for r in _records(str(out8k / "test-*"))) == [3, 4]
 
 
@@ -220,11 +252,22 @@ def test_single_coco_file_source(tmp_path: Path) -> None:
         {k: [f"Image {k}."] for k in range(20)},
     )
     out = tmp_path / "out"
-    assert main([
-        "build-mscoco-data", f"--captions_file={captions_file}", f"--image_dir={image_dir}",
-        f"--output_dir={out}", "--val_fraction=0.1", "--test_fraction=0.25",
-        "--train_shards=2", "--val_shards=1", "--test_shards=1",
-    ]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "build-mscoco-data",
+                f"--captions_file={captions_file}",
+                f"--image_dir={image_dir}",
+                f"--output_dir={out}",
+                "--val_fraction=0.1",
+                "--test_fraction=0.25",
+                "--train_shards=2",
+                "--val_shards=1",
+                "--test_shards=1",
+            ]
+        )
+        == 0
+    )
     splits = json.loads((out / "dataset.json").read_text())["splits"]
     assert {k: v["images"] for k, v in splits.items()} == {"train": 13, "val": 2, "test": 5}
     assert sorted(r.image_id for r in _records(str(out / "test-*"))) == [15, 16, 17, 18, 19]

@@ -41,9 +41,13 @@ def test_ranks_times_workers_read_every_record_once(tmp_path: Path, num_shards: 
     seen: list[int] = []
     for rank in range(2):
         dataset = CaptionDataset(
-            str(tmp_path / "train-*"), SMALL, training=True, shuffle_buffer=5,
-            rank=rank, world_size=2,
-        )  # fmt: skip
+            str(tmp_path / "train-*"),
+            SMALL,
+            training=True,
+            shuffle_buffer=5,
+            rank=rank,
+            world_size=2,
+        )
         for batch in make_loader(dataset, batch_size=4, num_workers=2):
             assert batch.images.shape[1:] == (3, 10, 10)
             seen.extend(batch.image_ids.tolist())

@@ -95,10 +95,17 @@ def test_download_and_preprocess_resumes_a_broken_download(
     }
     server = server_factory(files, break_first={"zips/val2014.zip"})
     out = tmp_path / "mscoco"
-    code = main([
-        "download-and-preprocess-mscoco", str(out), f"--base_url={server.url}",
-        "--retry_seconds=0.01", "--train_shards=2", "--val_shards=1", "--test_shards=1",
-    ])  # fmt: skip
+    code = main(
+        [
+            "download-and-preprocess-mscoco",
+            str(out),
+            f"--base_url={server.url}",
+            "--retry_seconds=0.01",
+            "--train_shards=2",
+            "--val_shards=1",
+            "--test_shards=1",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
 
@@ -114,15 +121,28 @@ def test_download_and_preprocess_resumes_a_broken_download(
     # Then unpacked and built, as the seed's script: train 5 + 17, val 1, test 2 images.
     info = json.loads((out / "dataset.json").read_text())
     assert {k: v["images"] for k, v in info["splits"].items()} == {
-        "train": 22, "val": 1, "test": 2,
-    }  # fmt: skip
+        "train": 22,
+        "val": 1,
+        "test": 2,
+    }
     assert (out / "word_counts.txt").is_file()
     assert "Finished processing all 4 image-caption pairs in data set 'test'." in captured.out
 
     # A second run downloads nothing again.
     before = len(server.requests)
-    assert main(["download-and-preprocess-mscoco", str(out), f"--base_url={server.url}",
-                 "--train_shards=2", "--val_shards=1", "--test_shards=1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "download-and-preprocess-mscoco",
+                str(out),
+                f"--base_url={server.url}",
+                "--train_shards=2",
+                "--val_shards=1",
+                "--test_shards=1",
+            ]
+        )
+        == 0
+    )
     assert len(server.requests) == before
 
 

@@ -40,14 +40,20 @@ CAPTIONS = [
 ]
 
 REFERENCES = {
-    1: ["A man riding a wave on top of a surfboard.", "A surfer rides a big wave!",
-        "Someone surfing (on a board) in the ocean."],
+    1: [
+        "A man riding a wave on top of a surfboard.",
+        "A surfer rides a big wave!",
+        "Someone surfing (on a board) in the ocean.",
+    ],
     2: ["Two dogs play with a ball.", "Two DOGS, playing; with a red ball", "dogs playing"],
-    3: ["A red circle and a blue square.", "A big red disc, a little blue box .",
-        "Two shapes: a red circle and a blue square"],
+    3: [
+        "A red circle and a blue square.",
+        "A big red disc, a little blue box .",
+        "Two shapes: a red circle and a blue square",
+    ],
     4: ["A kitchen with two ovens.", "an oven in a kitchen", "A modern kitchen's ovens"],
     5: ["A cat on a mat.", "the cat sits on the mat", "A cat's mat"],
-}  # fmt: skip
+}
 HYPOTHESES = {
     1: "a man riding a wave on a surfboard .",
     2: "Two dogs, playing with a ball!",

@@ -63,8 +63,14 @@ def _tensorflow_example_classes() -> dict[str, type]:
         f = field(feature, name, number, F.TYPE_MESSAGE, type_name=type_name)
         f.oneof_index = 0
     map_field(message("Features"), "feature", ".tensorflow.Feature")
-    field(message("FeatureList"), "feature", 1, F.TYPE_MESSAGE, F.LABEL_REPEATED,
-          ".tensorflow.Feature")  # fmt: skip
+    field(
+        message("FeatureList"),
+        "feature",
+        1,
+        F.TYPE_MESSAGE,
+        F.LABEL_REPEATED,
+        ".tensorflow.Feature",
+    )
     map_field(message("FeatureLists"), "feature_list", ".tensorflow.FeatureList")
     seq = message("SequenceExample")
     field(seq, "context", 1, F.TYPE_MESSAGE, type_name=".tensorflow.Features")

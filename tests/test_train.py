@@ -83,13 +83,27 @@ def test_kill_and_resume_continues_exactly(records: Path, tmp_path: Path) -> Non
 
     killed = tmp_path / "killed"
     command = [
-        sys.executable, "-m", "showtell", "train", f"--input_file_pattern={records / 'train-*'}",
-        f"--train_dir={killed}", "--number_of_steps=100000", "--batch_size=16",
-        "--num_epochs_per_decay=0.25", f"--feature_cache_dir={records.parent / 'feature-cache'}",
-        "--num_workers=0", "--save_interval_secs=0", "--save_interval_steps=4", "--seed=3",
-        "--encoder=cnn_small", "--embedding_size=32", "--num_lstm_units=32",
-        "--normalize_features=true", "--config", str(tmp_path / "image.json"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "showtell",
+        "train",
+        f"--input_file_pattern={records / 'train-*'}",
+        f"--train_dir={killed}",
+        "--number_of_steps=100000",
+        "--batch_size=16",
+        "--num_epochs_per_decay=0.25",
+        f"--feature_cache_dir={records.parent / 'feature-cache'}",
+        "--num_workers=0",
+        "--save_interval_secs=0",
+        "--save_interval_steps=4",
+        "--seed=3",
+        "--encoder=cnn_small",
+        "--embedding_size=32",
+        "--num_lstm_units=32",
+        "--normalize_features=true",
+        "--config",
+        str(tmp_path / "image.json"),
+    ]
     (tmp_path / "image.json").write_text(
         '{"model": {"image": {"resize_height": 36, "resize_width": 36, "height": 32, "width": 32}}}'
     )
@@ -162,13 +176,26 @@ def test_two_process_gloo_ddp(records: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "showtell", "train", "--config", str(tmp_path / "tiny.json"),
-        f"--input_file_pattern={records / 'train-*'}", f"--train_dir={run}",
-        "--number_of_steps=12", "--batch_size=8", "--num_workers=0", "--save_interval_secs=0",
-        "--save_interval_steps=6", "--log_every_n_steps=6",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "showtell",
+        "train",
+        "--config",
+        str(tmp_path / "tiny.json"),
+        f"--input_file_pattern={records / 'train-*'}",
+        f"--train_dir={run}",
+        "--number_of_steps=12",
+        "--batch_size=8",
+        "--num_workers=0",
+        "--save_interval_secs=0",
+        "--save_interval_steps=6",
+        "--log_every_n_steps=6",
         f"--feature_cache_dir={records.parent / 'feature-cache'}",
-    ]  # fmt: skip
+    ]
     import json
 
     (tmp_path / "tiny.json").write_text(json.dumps({"model": MODEL}))

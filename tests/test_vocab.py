@@ -68,9 +68,25 @@ def test_bad_vocabulary_files(tmp_path: Path, text: str, message: str) -> None:
 
 def test_tokenizer_matches_im2txt_for_single_sentences() -> None:
     assert tokenize_caption("A man riding a wave on top of a surfboard.") == [
-        "a", "man", "riding", "a", "wave", "on", "top", "of", "a", "surfboard", ".",
-    ]  # fmt: skip
+        "a",
+        "man",
+        "riding",
+        "a",
+        "wave",
+        "on",
+        "top",
+        "of",
+        "a",
+        "surfboard",
+        ".",
+    ]
     assert tokenize_caption("Two dogs, one cat's toy") == [
-        "two", "dogs", ",", "one", "cat", "'s", "toy",
-    ]  # fmt: skip
+        "two",
+        "dogs",
+        ",",
+        "one",
+        "cat",
+        "'s",
+        "toy",
+    ]
     assert tokenize_caption("   ") == []
