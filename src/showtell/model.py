@@ -156,7 +156,11 @@ class ShowAndTell(nn.Module):
         h, c = state
         x = self.seq_embedding(tokens).unsqueeze(1)  # (N, 1, E)
         out, (h, c) = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))  # (N, 1, H)
-        return F.log_softmax(self.logits(out[:, 0]).float(), dim=-1), (h[0], c[0])
+        # W @ h^T rather than F.linear: the same numbers, several times faster on CPUs
+        # for the few rows of a beam (measured in benchmarks/generation.py).
+        weight, bias = self.logits.weight, self.logits.bias
+        logits = torch.addmm(bias.unsqueeze(1), weight, out[:, 0].T).T  # (N, V)
+        return F.log_softmax(logits.float(), dim=-1), (h[0], c[0])
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
