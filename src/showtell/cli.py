@@ -413,16 +413,29 @@ def _add_train_command(sub: Any) -> None:
 
 
 def _add_beam_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("beam search (im2txt's defaults)")
-    _flag(g, "beam_size", type=_positive_int, default=3, help="(default: %(default)s)")
-    _flag(g, "max_caption_length", type=_positive_int, default=20, help="(default: %(default)s)")
+    g = parser.add_argument_group("beam search (im2txt's defaults, or the preset's)")
+    g.add_argument("--config", default=None, help="a preset whose 'inference' settings apply")
+    _flag(g, "beam_size", type=_positive_int, default=None, help="(default: 3)")
+    _flag(g, "max_caption_length", type=_positive_int, default=None, help="(default: 20)")
     _flag(
         g,
         "length_normalization_factor",
         type=float,
-        default=0.0,
-        help="completed captions are scored logprob / length**factor (default: %(default)s)",
+        default=None,
+        help="completed captions are scored logprob / length**factor (default: 0.0)",
     )
+
+
+def _beam_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Beam flags given on the command line, else the preset's, else im2txt's."""
+    from showtell.config import InferenceConfig, load_preset, preset_section
+
+    preset = load_preset(args.config) if args.config else {}
+    settings = dataclasses.asdict(preset_section(preset, InferenceConfig, "inference", "preset"))
+    for name in settings:
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    return settings
 
 
 def _cmd_run_inference(args: argparse.Namespace) -> int:
@@ -433,12 +446,7 @@ def _cmd_run_inference(args: argparse.Namespace) -> int:
 
     files = expand_input_files(args.input_files)
     captioner = Captioner(
-        args.checkpoint_path,
-        vocab_file=args.vocab_file,
-        device=args.device,
-        beam_size=args.beam_size,
-        max_caption_length=args.max_caption_length,
-        length_normalization_factor=args.length_normalization_factor,
+        args.checkpoint_path, vocab_file=args.vocab_file, device=args.device, **_beam_settings(args)
     )
     failed = 0
     for result in caption_files(captioner, files, args.batch_size, args.num_workers):
@@ -491,13 +499,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from showtell.evaluation.evaluate import evaluate_metrics
         from showtell.inference import Captioner
 
-        captioner = Captioner(
-            args.checkpoint_dir,
-            device=args.device,
-            beam_size=args.beam_size,
-            max_caption_length=args.max_caption_length,
-            length_normalization_factor=args.length_normalization_factor,
-        )
+        captioner = Captioner(args.checkpoint_dir, device=args.device, **_beam_settings(args))
         evaluate_metrics(
             captioner,
             args.input_file_pattern,
@@ -589,14 +591,14 @@ def _add_score_command(sub: Any) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from showtell.demo import run_demo
 
-    run_demo(args.output_dir, num_images=args.images)
+    run_demo(args.output_dir, args.config)
     return 0
 
 
 def _add_demo_command(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the pipeline on built-in synthetic data")
     _flag(p, "output_dir", type=Path, default=Path("runs/demo"), help="(default: %(default)s)")
-    _flag(p, "images", type=_positive_int, default=5000, help="(default: %(default)s)")
+    p.add_argument("--config", default="cpu-small", help="preset (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
 

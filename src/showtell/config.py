@@ -115,6 +115,28 @@ class TrainConfig:
     seed: int = opt(0, "seeds initialisation, shuffling and dropout")
 
 
+@dataclass
+class InferenceConfig:
+    """Beam search settings (im2txt's `run_inference` / CaptionGenerator defaults)."""
+
+    beam_size: int = opt(3, "captions kept per image at each step")
+    max_caption_length: int = opt(20, "words at most, the start word included")
+    length_normalization_factor: float = opt(
+        0.0, "completed captions are scored logprob / length**factor"
+    )
+
+
+@dataclass
+class DemoConfig:
+    """What `showtell demo` runs with a preset."""
+
+    images: int = opt(5000, "synthetic scenes to draw")
+    image_size: int = opt(64, "their side in pixels")
+    max_objects: int = opt(3, "objects per scene: 1 to this")
+    phase1_steps: int = opt(3000, "phase 1 (frozen encoder, cached features) steps")
+    phase2_steps: int = opt(600, "phase 2 (everything trained) steps after phase 1")
+
+
 def _merge(cls: type, base: Any, values: dict[str, Any], source: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     changes = {}
@@ -140,7 +162,7 @@ def load_preset(name_or_path: str) -> dict[str, dict[str, Any]]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ShowtellError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    unknown = set(data) - {"model", "train", "description"}
+    unknown = set(data) - {"model", "train", "inference", "demo", "description"}
     if unknown:
         raise ShowtellError(f"{path}: unknown sections {sorted(unknown)}")
     return data
@@ -153,6 +175,11 @@ def apply_preset(
         _merge(ModelConfig, model, preset.get("model", {}), source),
         _merge(TrainConfig, train, preset.get("train", {}), source),
     )
+
+
+def preset_section(preset: dict[str, Any], cls: type, name: str, source: str) -> Any:
+    """One section of a preset as its dataclass (defaults where it is silent)."""
+    return _merge(cls, cls(), preset.get(name, {}), source)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -1,58 +1,184 @@
-"""`showtell demo` (what `make demo` runs): the pipeline on built-in synthetic data.
+"""`showtell demo` (what `make demo` runs): the whole seed pipeline, offline, for real.
 
-Everything goes under one folder; a second run reuses what is already there.
+1. draw a synthetic data set (COCO 2014 layout, fixed seed);
+2. build im2txt's records from it with the MSCOCO command;
+3. phase 1: train with the encoder frozen, on cached features;
+4. phase 2: fine-tune everything from the phase-1 checkpoint, same train_dir;
+5. evaluate on the held-out test scenes: perplexity, BLEU-1..4, METEOR (with Java),
+   ROUGE-L, CIDEr-D, and attribute accuracy (the share of images whose caption names
+   the colour and shape of every object and no other), beside the best single fixed
+   caption (the most common training caption) scored the same way;
+6. caption a few test images in the seed's output format; write the HTML gallery.
+
+Model, training and demo sizes come from a preset (`cpu-small` by default, see
+`presets/`). Everything goes under one folder, and a second run reuses what is done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import sys
 import time
-from dataclasses import asdict
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+from showtell.config import (
+    DemoConfig,
+    InferenceConfig,
+    TrainConfig,
+    load_preset,
+    preset_section,
+)
 from showtell.data.build import DATASET_JSON, BuildConfig, build_mscoco, format_summary
-from showtell.data.show_records import print_records
-from showtell.data.synthetic import SyntheticConfig, make_synthetic
+from showtell.data.records import expand_file_patterns
+from showtell.data.synthetic import (
+    SyntheticConfig,
+    caption_is_correct,
+    image_filename,
+    load_attributes,
+    make_synthetic,
+)
+from showtell.evaluation.evaluate import evaluate_metrics, evaluate_perplexity, load_references
+from showtell.evaluation.metrics import METRIC_NAMES, ptb_tokenize, score_captions
+from showtell.inference import Captioner, caption_files, format_captions
+from showtell.training.checkpoint import latest_checkpoint, load_checkpoint
+from showtell.training.train import select_device, train
 
 DEMO_SEED = 1234
 
 
-def run_demo(output_dir: Path, num_images: int = 5000) -> None:
+def _step(train_dir: Path) -> int:
+    path = latest_checkpoint(train_dir) if train_dir.exists() else None
+    return load_checkpoint(path).step if path else 0
+
+
+def _banner(message: str) -> None:
+    print(f"\n=== {message}", flush=True)
+
+
+def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]:
     start = time.perf_counter()
-    synthetic_dir = output_dir / "synthetic"
-    records_dir = output_dir / "records"
-    config = SyntheticConfig(num_images=num_images, seed=DEMO_SEED, val_fraction=0.33)
+    preset = load_preset(preset_name)
+    demo: DemoConfig = preset_section(preset, DemoConfig, "demo", preset_name)
+    beam: InferenceConfig = preset_section(preset, InferenceConfig, "inference", preset_name)
+    synthetic_dir, records_dir = output_dir / "synthetic", output_dir / "records"
+    train_dir, eval_dir = output_dir / "train", output_dir / "eval"
+    annotations = synthetic_dir / "annotations"
 
-    attributes = synthetic_dir / "annotations" / "attributes.json"
-    made = attributes.is_file() and json.loads(attributes.read_text())["config"] == asdict(config)
+    # 1. Data set.
+    synthetic = SyntheticConfig(
+        num_images=demo.images,
+        seed=DEMO_SEED,
+        image_size=demo.image_size,
+        max_objects=demo.max_objects,
+        val_fraction=0.33,
+    )
+    attributes_file = annotations / "attributes.json"
+    made = attributes_file.is_file() and json.loads(attributes_file.read_text())[
+        "config"
+    ] == dataclasses.asdict(synthetic)
     if made:
-        print(f"[1/2] synthetic data set: reusing {synthetic_dir}")
+        _banner(f"[1/6] synthetic data set: reusing {synthetic_dir}")
     else:
-        print(f"[1/2] synthetic data set: drawing {num_images:,} scenes into {synthetic_dir}")
-        s = make_synthetic(synthetic_dir, config)
-        print(f"      {s['images']:,} images in {s['seconds']:.1f} s")
+        _banner(f"[1/6] synthetic data set: drawing {demo.images:,} scenes into {synthetic_dir}")
+        made_info = make_synthetic(synthetic_dir, synthetic)
+        print(f"{made_info['images']:,} images in {made_info['seconds']:.1f} s")
 
-    dataset_json = records_dir / DATASET_JSON
-    if dataset_json.is_file() and made:
-        print(f"[2/2] records: reusing {records_dir}")
-        info = json.loads(dataset_json.read_text())
-        print(format_summary(info))
+    # 2. Records, with the command a COCO user runs.
+    if made and (records_dir / DATASET_JSON).is_file():
+        _banner(f"[2/6] records: reusing {records_dir}")
+        print(format_summary(json.loads((records_dir / DATASET_JSON).read_text())))
     else:
-        print(f"[2/2] records: building im2txt shards into {records_dir}")
-        info = build_mscoco(
-            synthetic_dir / "annotations" / "captions_train.json",
+        _banner(f"[2/6] records: building im2txt shards into {records_dir}")
+        build_mscoco(
+            annotations / "captions_train.json",
             synthetic_dir / "train",
-            synthetic_dir / "annotations" / "captions_val.json",
+            annotations / "captions_val.json",
             synthetic_dir / "val",
             BuildConfig(output_dir=records_dir, train_shards=8, val_shards=2, test_shards=2),
         )
-    print("\nFirst records of the test split:")
-    print_records(str(records_dir / "test-*"), limit=2, as_json=False, out=sys.stdout)
-    splits = info["splits"]
-    print(
-        "demo data: "
-        + ", ".join(f"{k} {v['images']:,} images / {v['pairs']:,} pairs" for k, v in splits.items())
-        + f"; vocabulary {info['vocabulary']['size']} ids"
-        + f"; {time.perf_counter() - start:.1f} s"
+
+    # 3-4. Phase 1, then phase 2 in the same train_dir.
+    base = dataclasses.replace(
+        preset_section(preset, TrainConfig, "train", preset_name),
+        input_file_pattern=str(records_dir / "train-?????-of-00008"),
+        train_dir=str(train_dir),
+        feature_cache_dir=str(output_dir / "feature-cache"),
     )
+    model = preset.get("model", {})
+    phase_ends = (demo.phase1_steps, demo.phase1_steps + demo.phase2_steps)
+    for phase, (number, end) in enumerate(zip((3, 4), phase_ends, strict=True), start=1):
+        step = _step(train_dir)
+        if step >= end:
+            _banner(f"[{number}/6] phase {phase}: done already (step {step} >= {end}), reusing")
+            continue
+        _banner(f"[{number}/6] phase {phase}: training to step {end}")
+        config = dataclasses.replace(base, number_of_steps=end, train_inception=phase == 2)
+        train(config, model)
+    train_seconds = time.perf_counter() - start
+
+    # 5. Evaluation on the held-out test scenes.
+    _banner("[5/6] evaluation on the test split")
+    test_pattern = str(records_dir / "test-?????-of-00002")
+    checkpoint = load_checkpoint(train_dir)
+    perplexity = evaluate_perplexity(
+        checkpoint, expand_file_patterns(test_pattern), 10**9, select_device("auto")
+    )
+    captioner = Captioner(
+        checkpoint.path,
+        beam_size=beam.beam_size,
+        max_caption_length=beam.max_caption_length,
+        length_normalization_factor=beam.length_normalization_factor,
+    )
+    scores, results = evaluate_metrics(
+        captioner, test_pattern, eval_dir, annotations=annotations / "captions_val.json"
+    )
+    truth = load_attributes(attributes_file)
+    correct = sum(caption_is_correct(results[i], truth[i]) for i in results)
+    attribute_accuracy = correct / len(results)
+
+    # The best single fixed caption: the most common training caption, for every image.
+    train_captions = load_references(annotations / "captions_train.json")
+    counts = Counter(ptb_tokenize(c) for cs in train_captions.values() for c in cs)
+    fixed_caption = counts.most_common(1)[0][0]
+    references = load_references(annotations / "captions_val.json")
+    fixed = score_captions(
+        {i: references[i] for i in results}, dict.fromkeys(results, fixed_caption)
+    )
+    fixed_correct = sum(caption_is_correct(fixed_caption, truth[i]) for i in results)
+
+    # 6. A few captions in the seed's format.
+    _banner("[6/6] captions for a few test images")
+    files = [str(synthetic_dir / "val" / image_filename("val", i)) for i in sorted(results)[:4]]
+    for result in caption_files(captioner, files, num_workers=0):
+        print(format_captions(result))
+
+    total = time.perf_counter() - start
+    rows = [("Perplexity", perplexity.perplexity, None)]
+    rows += [(name, scores.corpus[name], fixed.corpus[name]) for name in METRIC_NAMES]
+    rows.append(("Attribute accuracy", attribute_accuracy, fixed_correct / len(results)))
+    _banner(f"Results on {len(results):,} held-out test scenes (step {checkpoint.step})")
+    print(f"{'metric':<20} {'model':>10} {'fixed caption':>14}")
+    for name, value, baseline in rows:
+        shown = "n/a" if value is None else f"{value:.4f}"
+        base_shown = "" if baseline is None else f"{baseline:.4f}"
+        print(f"{name:<20} {shown:>10} {base_shown:>14}")
+    cider_ratio = scores.corpus["CIDEr"] / max(fixed.corpus["CIDEr"], 1e-9)
+    print(f'fixed caption: "{fixed_caption}"; CIDEr-D {cider_ratio:.1f}x the fixed caption\'s')
+    if scores.meteor_note:
+        print(scores.meteor_note)
+    print(f"gallery: {eval_dir / 'gallery.html'}")
+    print(f"demo finished in {total:.0f} s ({train_seconds:.0f} s to data + training)")
+    summary = {
+        "perplexity": perplexity.perplexity,
+        "metrics": scores.corpus,
+        "fixed_caption": fixed_caption,
+        "fixed_caption_metrics": fixed.corpus,
+        "attribute_accuracy": attribute_accuracy,
+        "cider_ratio": cider_ratio,
+        "seconds": total,
+        "gallery": str(eval_dir / "gallery.html"),
+    }
+    (output_dir / "demo_results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,31 @@ class Encoder(nn.Module):
         if self.imagenet_norm:
             x = ((x + 1.0) * 0.5 - self.mean) / self.std
         return self.dropout(self.backbone(x).flatten(1))  # (B, D)
+
+
+@torch.no_grad()
+def calibrate_batch_norm(encoder: Encoder, batches: Iterable[torch.Tensor]) -> int:
+    """Sets every batch-norm layer's running statistics to their average over the given
+    image batches (a data-dependent initialisation for encoders without pretrained
+    weights). Without it a random encoder's running statistics are (0, 1), so its
+    eval-mode features (phase 1) and train-mode features (phase 2) differ wildly and
+    fine-tuning starts from features the decoder has never seen. Returns the number
+    of images used."""
+    layers = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over all batches
+    was_training = encoder.training
+    encoder.train()
+    images = 0
+    for batch in batches:
+        encoder(batch)
+        images += len(batch)
+    for m, momentum in zip(layers, momenta, strict=True):
+        m.momentum = momentum
+    encoder.train(was_training)
+    return images
 
 
 def _cnn_small() -> nn.Module:

@@ -58,7 +58,7 @@ ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "center", "right")
 NUMBER_WORDS = {2: "two", 3: "three"}
 # Relative radius of each size, as a fraction of the image side.
-RADIUS = {"small": 0.085, "large": 0.145}
+RADIUS = {"small": 0.10, "large": 0.155}
 
 
 @dataclass(frozen=True)

@@ -276,9 +276,10 @@ def evaluate_metrics(
     annotations: Path | None = None,
     batch_size: int = 32,
     gallery_size: int = 200,
-) -> Scores:
+) -> tuple[Scores, dict[int, str]]:
     """Captions every image of the split and scores them; writes the results file,
-    metrics JSON, TensorBoard scalars and the gallery into eval_dir."""
+    metrics JSON, TensorBoard scalars and the gallery into eval_dir. Returns the
+    scores and the caption of each image."""
     from torch.utils.tensorboard import SummaryWriter
 
     files = expand_file_patterns(input_file_pattern)
@@ -311,4 +312,4 @@ def evaluate_metrics(
         f"Scored {len(results):,} images at step {step}; gallery: {eval_dir / 'gallery.html'}",
         flush=True,
     )
-    return scores
+    return scores, results

@@ -45,7 +45,7 @@ from showtell.data.build import DATASET_JSON
 from showtell.data.dataset import Batch, CaptionDataset, make_loader
 from showtell.data.records import expand_file_patterns, read_records
 from showtell.data.vocab import Vocabulary
-from showtell.encoders import encoder_spec, load_pretrained
+from showtell.encoders import calibrate_batch_norm, encoder_spec, load_pretrained
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
 from showtell.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -286,6 +286,11 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         if config.train_inception and source.startswith("random"):
             _say(process, "warning: phase 2 on an empty train_dir: the encoder is random")
         _say(process, f"Initialising a new model in {train_dir} (encoder: {source})")
+        if source.startswith("random"):
+            used = calibrate_batch_norm(
+                model.encoder, _image_batches(files, model_config, limit=2048)
+            )
+            _say(process, f"Calibrated the random encoder's batch-norm on {used:,} training images")
     model.set_train_encoder(config.train_inception)
     model.to(process.device)
 
@@ -482,6 +487,19 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         f"{seconds:.1f} s; checkpoint {last_checkpoint}",
     )
     return summary
+
+
+def _image_batches(
+    files: list[Path], model_config: ModelConfig, limit: int, batch_size: int = 64
+) -> Iterator[torch.Tensor]:
+    """Up to `limit` training images with evaluation preprocessing, in batches."""
+    dataset = CaptionDataset([str(f) for f in files], model_config.image, training=False)
+    seen = 0
+    for batch in make_loader(dataset, batch_size=batch_size, num_workers=0):
+        yield batch.images
+        seen += len(batch)
+        if seen >= limit:
+            return
 
 
 def _sample_feature_stats(
