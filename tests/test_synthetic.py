@@ -8,6 +8,7 @@ from showtell.data.synthetic import (
     COLOURS,
     SceneObject,
     SyntheticConfig,
+    attribute_accuracy,
     caption_is_correct,
     load_attributes,
     make_synthetic,
@@ -68,3 +69,15 @@ def test_caption_scoring_catches_wrong_attributes() -> None:
         "a red circle , a blue star and a white star", objects
     )  # an extra object
     assert len(COLOURS) == 8
+
+
+def test_attribute_accuracy_report() -> None:
+    truth = {
+        1: [SceneObject("red", "circle", "large", 0, 0)],
+        2: [
+            SceneObject("red", "circle", "large", 0, 0),
+            SceneObject("blue", "star", "small", 1, 1),
+        ],
+    }
+    report = attribute_accuracy({1: "a big red disc", 2: "a red square and a blue star"}, truth)
+    assert report == {"attributes": 0.5, "colours": 1.0, "shapes": 0.5, "objects": 1.0}

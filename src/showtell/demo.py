@@ -34,7 +34,7 @@ from showtell.data.build import DATASET_JSON, BuildConfig, build_mscoco, format_
 from showtell.data.records import expand_file_patterns
 from showtell.data.synthetic import (
     SyntheticConfig,
-    caption_is_correct,
+    attribute_accuracy,
     image_filename,
     load_attributes,
     make_synthetic,
@@ -135,8 +135,7 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
         captioner, test_pattern, eval_dir, annotations=annotations / "captions_val.json"
     )
     truth = load_attributes(attributes_file)
-    correct = sum(caption_is_correct(results[i], truth[i]) for i in results)
-    attribute_accuracy = correct / len(results)
+    accuracy = attribute_accuracy(results, truth)
 
     # The best single fixed caption: the most common training caption, for every image.
     train_captions = load_references(annotations / "captions_train.json")
@@ -146,7 +145,7 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
     fixed = score_captions(
         {i: references[i] for i in results}, dict.fromkeys(results, fixed_caption)
     )
-    fixed_correct = sum(caption_is_correct(fixed_caption, truth[i]) for i in results)
+    fixed_accuracy = attribute_accuracy(dict.fromkeys(results, fixed_caption), truth)
 
     # 6. A few captions in the seed's format.
     _banner("[6/6] captions for a few test images")
@@ -157,7 +156,11 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
     total = time.perf_counter() - start
     rows = [("Perplexity", perplexity.perplexity, None)]
     rows += [(name, scores.corpus[name], fixed.corpus[name]) for name in METRIC_NAMES]
-    rows.append(("Attribute accuracy", attribute_accuracy, fixed_correct / len(results)))
+    rows.append(("Attribute accuracy", accuracy["attributes"], fixed_accuracy["attributes"]))
+    rows += [
+        (f"  {name} right", accuracy[name], fixed_accuracy[name])
+        for name in ("colours", "shapes", "objects")
+    ]
     _banner(f"Results on {len(results):,} held-out test scenes (step {checkpoint.step})")
     print(f"{'metric':<20} {'model':>10} {'fixed caption':>14}")
     for name, value, baseline in rows:
@@ -175,7 +178,8 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
         "metrics": scores.corpus,
         "fixed_caption": fixed_caption,
         "fixed_caption_metrics": fixed.corpus,
-        "attribute_accuracy": attribute_accuracy,
+        "attribute_accuracy": accuracy,
+        "fixed_caption_attribute_accuracy": fixed_accuracy,
         "cider_ratio": cider_ratio,
         "seconds": total,
         "gallery": str(eval_dir / "gallery.html"),

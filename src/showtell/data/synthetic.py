@@ -170,6 +170,21 @@ def caption_is_correct(caption: str | Sequence[str], objects: Sequence[SceneObje
     return sorted(mentions) == truth
 
 
+def attribute_accuracy(
+    captions: dict[int, str], truth: dict[int, list[SceneObject]]
+) -> dict[str, float]:
+    """Shares of images whose caption gets, for every object and no other: colour and
+    shape ("attributes"), colours alone, shapes alone, and the number of objects."""
+    hits = {"attributes": 0, "colours": 0, "shapes": 0, "objects": 0}
+    for image_id, caption in captions.items():
+        mentions, objects = caption_mentions(caption), truth[image_id]
+        hits["attributes"] += sorted(mentions) == sorted((o.colour, o.shape) for o in objects)
+        hits["colours"] += sorted(c for c, _ in mentions) == sorted(o.colour for o in objects)
+        hits["shapes"] += sorted(s for _, s in mentions) == sorted(o.shape for o in objects)
+        hits["objects"] += len(mentions) == len(objects)
+    return {name: count / max(1, len(captions)) for name, count in hits.items()}
+
+
 # --- drawing --------------------------------------------------------------------------
 
 

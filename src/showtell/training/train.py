@@ -102,6 +102,21 @@ def learning_rate(step: int, config: TrainConfig, steps_per_epoch: float) -> flo
     return config.initial_learning_rate * config.learning_rate_decay_factor ** (step // decay_steps)
 
 
+def make_optimizer(
+    name: str, parameters: list[torch.nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
+    """im2txt's `TrainingConfig.optimizer` names (tf.contrib.layers.optimize_loss)."""
+    if name == "SGD":
+        return torch.optim.SGD(parameters, lr=lr)
+    if name == "Momentum":
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9)
+    if name == "Adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    if name == "Adagrad":
+        return torch.optim.Adagrad(parameters, lr=lr)
+    raise ShowtellError(f"--optimizer {name}: use SGD, Momentum, Adam or Adagrad")
+
+
 def count_pairs(files: list[Path]) -> int:
     """Training pairs in the shards: from dataset.json when it describes exactly these
     shards, else by reading every record once."""

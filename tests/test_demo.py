@@ -1,0 +1,98 @@
+"""The demo's pipeline at a smaller size, through the CLI entry points a user runs:
+a regression that stops the model from looking at the image fails here."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from showtell.cli import main
+from showtell.data.synthetic import attribute_accuracy, load_attributes
+from showtell.evaluation.evaluate import load_references
+from showtell.evaluation.metrics import ptb_tokenize
+
+
+@pytest.mark.slow
+def test_small_demo_pipeline_sees_the_images(tmp_path: Path, capsys) -> None:
+    data, records, run = tmp_path / "synthetic", tmp_path / "records", tmp_path / "train"
+    annotations = data / "annotations"
+    assert main(["make-synthetic", str(data), "--images=1500", "--seed=7"]) == 0
+    assert (
+        main(
+            [
+                "build-mscoco-data",
+                f"--train_image_dir={data / 'train'}",
+                f"--val_image_dir={data / 'val'}",
+                f"--train_captions_file={annotations / 'captions_train.json'}",
+                f"--val_captions_file={annotations / 'captions_val.json'}",
+                f"--output_dir={records}",
+                "--train_shards=2",
+                "--val_shards=1",
+                "--test_shards=1",
+            ]
+        )
+        == 0
+    )
+    common = [
+        "train",
+        "--config=cpu-small",
+        f"--input_file_pattern={records / 'train-*'}",
+        f"--train_dir={run}",
+        f"--feature_cache_dir={tmp_path / 'cache'}",
+        "--log_every_n_steps=400",
+    ]
+    assert main([*common, "--train_inception=false", "--number_of_steps=1200"]) == 0
+    assert main([*common, "--train_inception=true", "--number_of_steps=1300"]) == 0
+    eval_dir = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--metrics",
+                "--config=cpu-small",
+                f"--input_file_pattern={records / 'test-*'}",
+                f"--checkpoint_dir={run}",
+                f"--eval_dir={eval_dir}",
+                f"--annotations={annotations / 'captions_val.json'}",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    model_cider = json.loads((eval_dir / "metrics.json").read_text())["metrics"]["CIDEr"]
+    results = {
+        r["image_id"]: r["caption"]
+        for r in json.loads((eval_dir / "captions_results.json").read_text())
+    }
+
+    # The baseline: the most common training caption for every test image.
+    counts = Counter(
+        ptb_tokenize(c)
+        for cs in load_references(annotations / "captions_train.json").values()
+        for c in cs
+    )
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(
+        json.dumps([{"image_id": i, "caption": counts.most_common(1)[0][0]} for i in results])
+    )
+    assert (
+        main(
+            [
+                "score",
+                f"--results={fixed}",
+                f"--annotations={annotations / 'captions_val.json'}",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    fixed_cider = json.loads(capsys.readouterr().out)["CIDEr"]
+    assert model_cider > 2.5 * fixed_cider, (model_cider, fixed_cider)
+
+    # Colours of every object named right in far more scenes than chance (1/8 per object).
+    accuracy = attribute_accuracy(results, load_attributes(annotations / "attributes.json"))
+    assert accuracy["colours"] > 0.3, accuracy
+    assert accuracy["objects"] > 0.6, accuracy
