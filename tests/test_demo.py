@@ -92,7 +92,8 @@ def test_small_demo_pipeline_sees_the_images(tmp_path: Path, capsys) -> None:
     fixed_cider = json.loads(capsys.readouterr().out)["CIDEr"]
     assert model_cider > 2.5 * fixed_cider, (model_cider, fixed_cider)
 
-    # Colours of every object named right in far more scenes than chance (1/8 per object).
+    # Colours of every object named right in far more scenes than chance (1/8 per object,
+    # about 0.06 over scenes of one to three objects); measured: 0.38.
     accuracy = attribute_accuracy(results, load_attributes(annotations / "attributes.json"))
-    assert accuracy["colours"] > 0.3, accuracy
+    assert accuracy["colours"] > 0.2, accuracy  # chance: about 0.06
     assert accuracy["objects"] > 0.6, accuracy
