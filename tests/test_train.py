@@ -206,3 +206,15 @@ def test_two_process_gloo_ddp(records: Path, tmp_path: Path) -> None:
     assert [step for step, _ in list_checkpoints(run)] == [6, 12]
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
     assert not list(run.glob(".tmp-*"))
+
+
+def test_no_feature_cache_runs_the_encoder_every_step(
+    records: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    summary = train(config(records, run, 3, feature_cache=False), MODEL)
+    assert summary["global_step"] == 3
+    assert "images from records" in capsys.readouterr().out
+    state = load_checkpoint(run).model_state()
+    assert not torch.equal(state["feature_std"], torch.ones_like(state["feature_std"]))
+    assert not list((records.parent / "feature-cache").glob("*/.tmp*"))

@@ -23,6 +23,7 @@ Only rank 0 writes checkpoints, logs and TensorBoard events.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import random
@@ -122,8 +123,6 @@ def count_pairs(files: list[Path]) -> int:
     shards, else by reading every record once."""
     info_path = files[0].parent / DATASET_JSON
     if info_path.is_file():
-        import json
-
         info = json.loads(info_path.read_text())
         names = sorted(p.name for p in files)
         for split in info.get("splits", {}).values():
@@ -518,22 +517,15 @@ def _image_batches(
 
 
 def _sample_feature_stats(
-    model: ShowAndTell,
-    files: list[Path],
-    model_config: ModelConfig,
-    process: Process,
-    limit: int = 2048,
+    model: ShowAndTell, files: list[Path], model_config: ModelConfig, process: Process
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature statistics from up to `limit` training images (no cache to measure)."""
-    dataset = CaptionDataset([str(f) for f in files], model_config.image, training=False)
-    loader = make_loader(dataset, batch_size=64, num_workers=0)
-    chunks, seen = [], 0
+    """Feature statistics from up to 2,048 training images (when there is no cache)."""
     model.encoder.eval()
     with torch.inference_mode():
-        for batch in loader:
-            chunks.append(model.encoder(batch.images.to(process.device)).float().cpu())
-            seen += len(batch)
-            if seen >= limit:
-                break
-    features = torch.cat(chunks).double()
+        features = torch.cat(
+            [
+                model.encoder(images.to(process.device)).double().cpu()
+                for images in _image_batches(files, model_config, limit=2048)
+            ]
+        )
     return features.mean(0).float(), features.std(0, unbiased=False).float()
