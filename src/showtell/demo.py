@@ -122,8 +122,9 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
     _banner("[5/6] evaluation on the test split")
     test_pattern = str(records_dir / "test-?????-of-00002")
     checkpoint = load_checkpoint(train_dir)
+    test_pairs = json.loads((records_dir / DATASET_JSON).read_text())["splits"]["test"]["pairs"]
     perplexity = evaluate_perplexity(
-        checkpoint, expand_file_patterns(test_pattern), 10**9, select_device("auto")
+        checkpoint, expand_file_patterns(test_pattern), test_pairs, select_device("auto")
     )
     captioner = Captioner(
         checkpoint.path,
