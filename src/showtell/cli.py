@@ -585,6 +585,27 @@ def _add_score_command(sub: Any) -> None:
     p.set_defaults(func=_cmd_score)
 
 
+# --- export ------------------------------------------------------------------------------
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from showtell.config import InferenceConfig
+    from showtell.export import export_onnx
+
+    out = export_onnx(args.checkpoint_path, args.output, InferenceConfig(**_beam_settings(args)))
+    print(f"Exported {args.checkpoint_path} to {out} (encoder.onnx, step.onnx)")
+    return 0
+
+
+def _add_export_command(sub: Any) -> None:
+    p = sub.add_parser("export", help="export a checkpoint for deployment (ONNX)")
+    _flag(p, "checkpoint_path", required=True, help="a checkpoint folder or a train_dir")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="(default: %(default)s)")
+    p.add_argument("--output", type=Path, required=True, help="folder to write")
+    _add_beam_flags(p)
+    p.set_defaults(func=_cmd_export)
+
+
 # --- demo --------------------------------------------------------------------------------
 
 
@@ -611,6 +632,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_run_inference_command,
     _add_evaluate_command,
     _add_score_command,
+    _add_export_command,
     _add_demo_command,
 )
 
