@@ -606,6 +606,40 @@ def _add_export_command(sub: Any) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+# --- serve -------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from showtell.inference import Captioner
+    from showtell.serve import ServeLimits, serve
+
+    captioner = Captioner(args.checkpoint_path, device=args.device, **_beam_settings(args))
+    limits = ServeLimits(
+        max_request_bytes=args.max_request_mb * 2**20,
+        max_images=args.max_images,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+    )
+    serve(captioner, args.host, args.port, limits)
+    return 0
+
+
+def _add_serve_command(sub: Any) -> None:
+    p = sub.add_parser("serve", help="captions over HTTP (JSON API and a web page)")
+    _flag(p, "checkpoint_path", required=True, help="a checkpoint folder or a train_dir")
+    _flag(p, "host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    _flag(p, "port", type=int, default=8000, help="(default: %(default)s)")
+    _flag(p, "device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    _flag(p, "max_batch", type=_positive_int, default=32, help="images per batch")
+    _flag(p, "max_wait_ms", type=float, default=10.0, help="wait for a batch to fill")
+    _flag(p, "max_images", type=_positive_int, default=16, help="images per request")
+    _flag(p, "max_request_mb", type=_positive_int, default=32, help="request size limit")
+    _flag(p, "max_pixels", type=_positive_int, default=40_000_000, help="per image")
+    _add_beam_flags(p)
+    p.set_defaults(func=_cmd_serve)
+
+
 # --- demo --------------------------------------------------------------------------------
 
 
@@ -633,6 +667,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_evaluate_command,
     _add_score_command,
     _add_export_command,
+    _add_serve_command,
     _add_demo_command,
 )
 

@@ -29,7 +29,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(
-    data: bytes, *, apply_exif_orientation: bool = False, draft: bool = False
+    data: bytes,
+    *,
+    apply_exif_orientation: bool = False,
+    draft: bool = False,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Image.Image:
     """Decodes image bytes to an RGB Pillow image; raises BadImageError with the reason.
 
@@ -44,9 +48,9 @@ def load_rgb(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
-                if width * height > MAX_IMAGE_PIXELS:
+                if width * height > max_pixels:
                     raise BadImageError(
-                        f"{width}x{height} is over the pixel limit of {MAX_IMAGE_PIXELS:,}"
+                        f"{width}x{height} is over the pixel limit of {max_pixels:,}"
                     )
                 if draft and image.format == "JPEG":
                     image.draft("RGB", (max(1, width // 8), max(1, height // 8)))

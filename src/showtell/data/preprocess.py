@@ -20,12 +20,14 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from showtell.config import ImageConfig
-from showtell.data.images import load_rgb
+from showtell.data.images import MAX_IMAGE_PIXELS, load_rgb
 
 
-def decode_rgb(data: bytes, apply_exif_orientation: bool = False) -> torch.Tensor:
+def decode_rgb(
+    data: bytes, apply_exif_orientation: bool = False, max_pixels: int = MAX_IMAGE_PIXELS
+) -> torch.Tensor:
     """Encoded image bytes -> (3, H, W) uint8 RGB; raises BadImageError with the reason."""
-    image = load_rgb(data, apply_exif_orientation=apply_exif_orientation)
+    image = load_rgb(data, apply_exif_orientation=apply_exif_orientation, max_pixels=max_pixels)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W)
 
 
