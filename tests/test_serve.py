@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 import socket
 import threading
 import time
@@ -125,3 +126,39 @@ def test_fifty_concurrent_requests_are_batched(server) -> None:
     assert batcher.images - before_images == 50
     assert batcher.batches - before_batches < 50  # requests were captioned together
     assert batcher.largest_batch > 1
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_web_page_in_headless_chromium(server, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, captioner, _ = server
+    image = tmp_path / "red.png"
+    image.write_bytes(_png((220, 30, 30)))
+    expected = _expected(captioner, image.read_bytes())
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.set_input_files("#pick", str(image))
+            page.wait_for_selector(".caption", timeout=60_000)
+            shown = page.locator(".caption").all_inner_texts()
+            page.screenshot(path=str(tmp_path / "page.png"))
+        finally:
+            browser.close()
+    assert [text.rsplit(" (p=", 1)[0] for text in shown] == expected
+    assert (tmp_path / "page.png").stat().st_size > 0
