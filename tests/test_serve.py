@@ -100,7 +100,13 @@ def test_endpoints_order_and_errors(server) -> None:
         and "over the limit of 400,000 bytes" in response.json()["error"]
     )
     response = httpx.post(f"{url}/v1/captions", data={"x": "y"}, timeout=60)
-    assert response.status_code == 422
+    assert response.status_code == 422  # no images field
+
+    def chunks():  # a streamed body of unstated length
+        yield b"x" * 1000
+
+    response = httpx.post(f"{url}/v1/captions", content=chunks(), timeout=60)
+    assert response.status_code == 411 and "Content-Length" in response.json()["error"]
 
 
 def test_fifty_concurrent_requests_are_batched(server) -> None:

@@ -123,6 +123,9 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None) -> FastA
     @app.middleware("http")
     async def cap_request_size(request: Request, call_next):  # type: ignore[no-untyped-def]
         length = request.headers.get("content-length")
+        if request.method == "POST" and (length is None or not length.isdigit()):
+            # A streamed (chunked) body could be of any size: ask for its length.
+            return _error(411, "send a Content-Length header with the request")
         if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
             return _error(
                 413,
