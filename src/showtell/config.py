@@ -169,15 +169,6 @@ def load_preset(name_or_path: str) -> dict[str, dict[str, Any]]:
     return data
 
 
-def apply_preset(
-    preset: dict[str, Any], model: ModelConfig, train: TrainConfig, source: str
-) -> tuple[ModelConfig, TrainConfig]:
-    return (
-        _merge(ModelConfig, model, preset.get("model", {}), source),
-        _merge(TrainConfig, train, preset.get("train", {}), source),
-    )
-
-
 def preset_section(preset: dict[str, Any], cls: type, name: str, source: str) -> Any:
     """One section of a preset as its dataclass (defaults where it is silent)."""
     return _merge(cls, cls(), preset.get(name, {}), source)

@@ -359,13 +359,6 @@ def format_summary(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_dataset_info(output_dir: str | Path) -> dict[str, Any]:
-    path = Path(output_dir) / DATASET_JSON
-    if not path.is_file():
-        raise ShowtellError(f"{path}: not found (build the records first)")
-    return json.loads(path.read_text())
-
-
 def build_mscoco(
     train_captions_file: Path,
     train_image_dir: Path,
