@@ -77,6 +77,23 @@ def coco_layout(tmp_path: Path) -> dict[str, Path]:
     return make_coco_layout(tmp_path / "coco", num_train=6, num_val=20)
 
 
+def tiny_train_config(records: Path, train_dir: Path, steps: int, **changes: object) -> TrainConfig:
+    """Training settings for the tiny model on `synthetic_records`, quick on a CPU."""
+    values = dict(
+        input_file_pattern=str(records / "train-*"),
+        train_dir=str(train_dir),
+        number_of_steps=steps,
+        batch_size=16,
+        feature_cache_dir=str(records.parent / "feature-cache"),
+        num_workers=0,
+        save_interval_secs=0,
+        log_every_n_steps=10,
+        seed=3,
+    )
+    values.update(changes)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="session")
 def synthetic_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Records of 160 synthetic 32x32 scenes: train, val and test shards."""
@@ -106,16 +123,5 @@ def tiny_checkpoint(synthetic_records: Path, tmp_path_factory: pytest.TempPathFa
     from showtell.training.train import train
 
     train_dir = tmp_path_factory.mktemp("tiny-run")
-    config = TrainConfig(
-        input_file_pattern=str(synthetic_records / "train-*"),
-        train_dir=str(train_dir),
-        number_of_steps=200,
-        batch_size=16,
-        feature_cache_dir=str(synthetic_records.parent / "feature-cache"),
-        num_workers=0,
-        save_interval_secs=0,
-        log_every_n_steps=100,
-        seed=3,
-    )
-    train(config, TINY_MODEL)
+    train(tiny_train_config(synthetic_records, train_dir, 200, log_every_n_steps=100), TINY_MODEL)
     return train_dir

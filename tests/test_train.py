@@ -10,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_MODEL as MODEL
+from conftest import tiny_train_config
 from showtell.cli import main
-from showtell.config import TrainConfig
 from showtell.errors import ShowtellError
 from showtell.training.checkpoint import (
     INDEX_FILE,
@@ -33,20 +34,7 @@ def records(synthetic_records: Path) -> Path:
     return synthetic_records
 
 
-def config(records: Path, train_dir: Path, steps: int, **changes: object) -> TrainConfig:
-    values = dict(
-        input_file_pattern=str(records / "train-*"),
-        train_dir=str(train_dir),
-        number_of_steps=steps,
-        batch_size=16,
-        feature_cache_dir=str(records.parent / "feature-cache"),
-        num_workers=0,
-        save_interval_secs=0,
-        log_every_n_steps=10,
-        seed=3,
-    )
-    values.update(changes)
-    return TrainConfig(**values)  # type: ignore[arg-type]
+config = tiny_train_config
 
 
 def weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
@@ -218,3 +206,27 @@ def test_no_feature_cache_runs_the_encoder_every_step(
     state = load_checkpoint(run).model_state()
     assert not torch.equal(state["feature_std"], torch.ones_like(state["feature_std"]))
     assert not list((records.parent / "feature-cache").glob("*/.tmp*"))
+
+
+def test_feature_cache_batches_pair_each_image_with_its_captions(
+    tiny_checkpoint: Path, records: Path
+) -> None:
+    from showtell.data.records import read_caption_records
+    from showtell.training.features import FeatureCache
+
+    caches = sorted((records.parent / "feature-cache").glob("*/meta.json"))
+    cache = FeatureCache.open(caches[0].parent)  # built by the tiny_checkpoint fixture
+    captions: dict[int, set[tuple[int, ...]]] = {}
+    pairs = 0
+    for shard in sorted(records.glob("train-*")):
+        for record in read_caption_records(shard):
+            captions.setdefault(record.image_id, set()).add(record.caption_ids)
+            pairs += 1
+    assert cache.num_pairs == pairs
+    batch = cache.batch(np.arange(0, cache.num_pairs, 7))
+    for image_id, inputs, targets, mask in zip(
+        batch.image_ids.tolist(), batch.input_seqs, batch.target_seqs, batch.mask, strict=True
+    ):
+        n = int(mask.sum())
+        caption = (*inputs[:n].tolist(), int(targets[n - 1]))
+        assert caption in captions[image_id]

@@ -75,17 +75,27 @@ class Batch:
         return self.input_seqs.shape[0]
 
 
-def collate_examples(examples: Sequence[Example]) -> Batch:
-    """Pads a list of examples into a Batch (no bucketing, as im2txt)."""
-    lengths = [len(e.caption_ids) - 1 for e in examples]
-    batch_size, max_length = len(examples), max(lengths)
+def pad_captions(
+    captions: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """im2txt's dynamic padding: captions [<S> w1 .. wn </S>] -> input [<S> w1 .. wn],
+    target [w1 .. wn </S>] and mask (1 on those positions), each (B, T), padded with 0
+    to the longest caption (no bucketing)."""
+    lengths = [len(c) - 1 for c in captions]
+    batch_size, max_length = len(captions), max(lengths)
     input_seqs = torch.zeros(batch_size, max_length, dtype=torch.int64)
     target_seqs = torch.zeros(batch_size, max_length, dtype=torch.int64)
     mask = torch.zeros(batch_size, max_length, dtype=torch.int32)
-    for i, (e, n) in enumerate(zip(examples, lengths, strict=True)):
-        input_seqs[i, :n] = e.caption_ids[:-1]
-        target_seqs[i, :n] = e.caption_ids[1:]
+    for i, (caption, n) in enumerate(zip(captions, lengths, strict=True)):
+        input_seqs[i, :n] = caption[:-1]
+        target_seqs[i, :n] = caption[1:]
         mask[i, :n] = 1
+    return input_seqs, target_seqs, mask
+
+
+def collate_examples(examples: Sequence[Example]) -> Batch:
+    """Pads a list of examples into a Batch (no bucketing, as im2txt)."""
+    input_seqs, target_seqs, mask = pad_captions([e.caption_ids for e in examples])
     images = examples[0].image
     stacked = (
         torch.stack([e.image for e in examples])  # type: ignore[misc]

@@ -163,11 +163,13 @@ def caption_mentions(caption: str | Sequence[str]) -> list[tuple[str, str]]:
     return mentions
 
 
+def _names_exactly(mentions: list[tuple[str, str]], objects: Sequence[SceneObject]) -> bool:
+    return sorted(mentions) == sorted((o.colour, o.shape) for o in objects)
+
+
 def caption_is_correct(caption: str | Sequence[str], objects: Sequence[SceneObject]) -> bool:
     """True when the caption names the colour and shape of every object, and no other."""
-    mentions = caption_mentions(caption)
-    truth = sorted((o.colour, o.shape) for o in objects)
-    return sorted(mentions) == truth
+    return _names_exactly(caption_mentions(caption), objects)
 
 
 def attribute_accuracy(
@@ -178,7 +180,7 @@ def attribute_accuracy(
     hits = {"attributes": 0, "colours": 0, "shapes": 0, "objects": 0}
     for image_id, caption in captions.items():
         mentions, objects = caption_mentions(caption), truth[image_id]
-        hits["attributes"] += sorted(mentions) == sorted((o.colour, o.shape) for o in objects)
+        hits["attributes"] += _names_exactly(mentions, objects)
         hits["colours"] += sorted(c for c, _ in mentions) == sorted(o.colour for o in objects)
         hits["shapes"] += sorted(s for _, s in mentions) == sorted(o.shape for o in objects)
         hits["objects"] += len(mentions) == len(objects)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from showtell.config import ImageConfig
-from showtell.data.dataset import Batch
+from showtell.data.dataset import Batch, pad_captions
 from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.records import read_caption_records
@@ -47,6 +47,7 @@ def default_cache_root() -> Path:
 
 def cache_key(encoder: Encoder, image: ImageConfig, files: list[Path]) -> str:
     h = hashlib.sha256()
+    h.update(b"showtell feature cache, format 2")
     h.update(encoder.name.encode())
     for name, tensor in encoder.state_dict().items():
         h.update(name.encode())
@@ -64,6 +65,7 @@ class FeatureCache:
 
     directory: Path
     features: np.ndarray  # (num_images, D) float16, memory-mapped
+    image_ids: np.ndarray  # (num_images,) int64: the image of each feature row
     pair_rows: np.ndarray  # (P,) int64: the feature row of each pair
     caption_offsets: np.ndarray  # (P + 1,) int64 into caption_ids
     caption_ids: np.ndarray  # (sum of lengths,) int64
@@ -78,6 +80,7 @@ class FeatureCache:
         return cls(
             directory,
             np.load(directory / FEATURES_FILE, mmap_mode="r"),
+            pairs["image_ids"],
             pairs["pair_rows"],
             pairs["caption_offsets"],
             pairs["caption_ids"],
@@ -100,20 +103,16 @@ class FeatureCache:
         """A training batch of the given pair indices, padded as im2txt's batches."""
         rows = self.pair_rows[pairs]
         features = torch.from_numpy(self.features[rows].astype(np.float32))  # (B, D)
-        captions = [
-            self.caption_ids[self.caption_offsets[p] : self.caption_offsets[p + 1]] for p in pairs
-        ]
-        lengths = [len(c) - 1 for c in captions]
-        b, t = len(pairs), max(lengths)
-        input_seqs = torch.zeros(b, t, dtype=torch.int64)
-        target_seqs = torch.zeros(b, t, dtype=torch.int64)
-        mask = torch.zeros(b, t, dtype=torch.int32)
-        for i, (caption, n) in enumerate(zip(captions, lengths, strict=True)):
-            ids = torch.from_numpy(caption)
-            input_seqs[i, :n] = ids[:-1]
-            target_seqs[i, :n] = ids[1:]
-            mask[i, :n] = 1
-        return Batch(features, input_seqs, target_seqs, mask, torch.from_numpy(rows))
+        input_seqs, target_seqs, mask = pad_captions(
+            [
+                torch.from_numpy(
+                    self.caption_ids[self.caption_offsets[p] : self.caption_offsets[p + 1]]
+                )
+                for p in pairs
+            ]
+        )
+        image_ids = torch.from_numpy(self.image_ids[rows])
+        return Batch(features, input_seqs, target_seqs, mask, image_ids)
 
 
 class _FirstOccurrences(IterableDataset):
@@ -198,6 +197,7 @@ def build_feature_cache(
     del features
     np.savez(
         tmp / PAIRS_FILE,
+        image_ids=np.asarray(list(rows), dtype=np.int64),  # dicts keep insertion order
         pair_rows=np.asarray(pair_rows, dtype=np.int64),
         caption_offsets=np.asarray(offsets, dtype=np.int64),
         caption_ids=np.asarray(ids, dtype=np.int64),
