@@ -19,7 +19,7 @@ from showtell.evaluation.metrics import ptb_tokenize
 def test_small_demo_pipeline_sees_the_images(tmp_path: Path, capsys) -> None:
     data, records, run = tmp_path / "synthetic", tmp_path / "records", tmp_path / "train"
     annotations = data / "annotations"
-    assert main(["make-synthetic", str(data), "--images=1500", "--seed=7"]) == 0
+    assert main(["make-synthetic", str(data), "--images=1500", "--seed=7", "--max_objects=2"]) == 0
     assert (
         main(
             [
@@ -36,12 +36,27 @@ def test_small_demo_pipeline_sees_the_images(tmp_path: Path, capsys) -> None:
         )
         == 0
     )
+    encoder = tmp_path / "encoder.safetensors"
+    assert (
+        main(
+            [
+                "pretrain-encoder",
+                "--config=cpu-small",
+                f"--input_file_pattern={records / 'train-*'}",
+                f"--labels_file={annotations / 'object_labels.json'}",
+                f"--output_file={encoder}",
+                "--steps=150",
+            ]
+        )
+        == 0
+    )
     common = [
         "train",
         "--config=cpu-small",
         f"--input_file_pattern={records / 'train-*'}",
         f"--train_dir={run}",
         f"--feature_cache_dir={tmp_path / 'cache'}",
+        f"--inception_checkpoint_file={encoder}",
         "--log_every_n_steps=400",
     ]
     assert main([*common, "--train_inception=false", "--number_of_steps=1200"]) == 0
@@ -90,10 +105,11 @@ def test_small_demo_pipeline_sees_the_images(tmp_path: Path, capsys) -> None:
         == 0
     )
     fixed_cider = json.loads(capsys.readouterr().out)["CIDEr"]
-    assert model_cider > 2.5 * fixed_cider, (model_cider, fixed_cider)
+    assert model_cider > 5 * fixed_cider, (model_cider, fixed_cider)
 
-    # Colours of every object named right in far more scenes than chance (1/8 per object,
-    # about 0.06 over scenes of one to three objects); measured: 0.38.
+    # Colours of every object named right in far more scenes than chance (1/8 per object:
+    # about 0.07 over scenes of one or two objects). Measured: colours 0.70, objects 1.0,
+    # CIDEr-D 23x the fixed caption's.
     accuracy = attribute_accuracy(results, load_attributes(annotations / "attributes.json"))
-    assert accuracy["colours"] > 0.2, accuracy  # chance: about 0.06
-    assert accuracy["objects"] > 0.6, accuracy
+    assert accuracy["colours"] > 0.35, accuracy
+    assert accuracy["objects"] > 0.8, accuracy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -157,6 +158,21 @@ def test_clear_errors(records: Path, tmp_path: Path, capsys) -> None:
 
     code = main(["train", f"--input_file_pattern={tmp_path / 'x-*'}", f"--train_dir={run}"])
     assert code == 2 and "no files match this pattern" in capsys.readouterr().err
+
+
+def test_optimizer_option_picks_the_update_rule(records: Path, tmp_path: Path) -> None:
+    """im2txt's `optimizer` names; Adam's moments are saved and resumed."""
+    adam = config(records, tmp_path / "adam", 3, optimizer="Adam", initial_learning_rate=1e-3)
+    train(adam, MODEL)
+    moments = load_checkpoint(tmp_path / "adam").train_state()["optimizer"]["state"]
+    assert moments and all("exp_avg_sq" in s for s in moments.values())
+    train(dataclasses.replace(adam, number_of_steps=4), MODEL)  # resumes Adam's state
+    assert load_checkpoint(tmp_path / "adam").train_state()["optimizer"]["state"][0]["step"] == 4
+
+    train(config(records, tmp_path / "sgd", 2), MODEL)
+    assert load_checkpoint(tmp_path / "sgd").train_state()["optimizer"]["state"] == {}
+    with pytest.raises(ShowtellError, match="--optimizer RMSprop: use one of SGD, Momentum"):
+        train(config(records, tmp_path / "bad", 1, optimizer="RMSprop"), MODEL)
 
 
 @pytest.mark.slow

@@ -128,12 +128,26 @@ class InferenceConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Options of `showtell pretrain-encoder` (a preset's "pretrain" section)."""
+
+    steps: int = opt(600, "optimisation steps")
+    batch_size: int = opt(64, "images per step")
+    learning_rate: float = opt(0.002, "Adam's learning rate")
+    seed: int = opt(0, "initialisation and shuffling")
+    num_workers: int = opt(2, "image-decoding worker processes")
+
+
+@dataclass
 class DemoConfig:
     """What `showtell demo` runs with a preset."""
 
     images: int = opt(5000, "synthetic scenes to draw")
     image_size: int = opt(64, "their side in pixels")
     max_objects: int = opt(3, "objects per scene: 1 to this")
+    pretrain_encoder: bool = opt(
+        True, "first train the encoder on the scenes' object labels (stands in for ImageNet)"
+    )
     phase1_steps: int = opt(3000, "phase 1 (frozen encoder, cached features) steps")
     phase2_steps: int = opt(600, "phase 2 (everything trained) steps after phase 1")
 
@@ -163,7 +177,7 @@ def load_preset(name_or_path: str) -> dict[str, dict[str, Any]]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ShowtellError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    unknown = set(data) - {"model", "train", "inference", "demo", "description"}
+    unknown = set(data) - {"model", "train", "pretrain", "inference", "demo", "description"}
     if unknown:
         raise ShowtellError(f"{path}: unknown sections {sorted(unknown)}")
     return data

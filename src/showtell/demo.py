@@ -2,13 +2,16 @@
 
 1. draw a synthetic data set (COCO 2014 layout, fixed seed);
 2. build im2txt's records from it with the MSCOCO command;
-3. phase 1: train with the encoder frozen, on cached features;
-4. phase 2: fine-tune everything from the phase-1 checkpoint, same train_dir;
-5. evaluate on the held-out test scenes: perplexity, BLEU-1..4, METEOR (with Java),
+3. pretrain the encoder on the training images' object labels: no ImageNet weights
+   exist here, and this stands in for them (`showtell pretrain-encoder`; the weights
+   reach phase 1 through `--inception_checkpoint_file`, as ImageNet weights would);
+4. phase 1: train with the encoder frozen, on cached features;
+5. phase 2: fine-tune everything from the phase-1 checkpoint, same train_dir;
+6. evaluate on the held-out test scenes: perplexity, BLEU-1..4, METEOR (with Java),
    ROUGE-L, CIDEr-D, and attribute accuracy (the share of images whose caption names
    the colour and shape of every object and no other), beside the best single fixed
    caption (the most common training caption) scored the same way;
-6. caption a few test images in the seed's output format; write the HTML gallery.
+7. caption a few test images in the seed's output format; write the HTML gallery.
 
 Model, training and demo sizes come from a preset (`cpu-small` by default, see
 `presets/`). Everything goes under one folder, and a second run reuses what is done.
@@ -26,6 +29,7 @@ from typing import Any
 from showtell.config import (
     DemoConfig,
     InferenceConfig,
+    PretrainConfig,
     TrainConfig,
     load_preset,
     preset_section,
@@ -33,6 +37,7 @@ from showtell.config import (
 from showtell.data.build import DATASET_JSON, BuildConfig, build_mscoco, format_summary
 from showtell.data.records import expand_file_patterns
 from showtell.data.synthetic import (
+    OBJECT_LABELS_FILE,
     SyntheticConfig,
     attribute_accuracy,
     image_filename,
@@ -43,6 +48,7 @@ from showtell.evaluation.evaluate import evaluate_metrics, evaluate_perplexity, 
 from showtell.evaluation.metrics import METRIC_NAMES, ptb_tokenize, score_captions
 from showtell.inference import Captioner, caption_files, format_captions
 from showtell.training.checkpoint import latest_checkpoint, load_checkpoint
+from showtell.training.pretrain import pretrain_encoder
 from showtell.training.train import select_device, train
 
 DEMO_SEED = 1234
@@ -79,18 +85,18 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
         "config"
     ] == dataclasses.asdict(synthetic)
     if made:
-        _banner(f"[1/6] synthetic data set: reusing {synthetic_dir}")
+        _banner(f"[1/7] synthetic data set: reusing {synthetic_dir}")
     else:
-        _banner(f"[1/6] synthetic data set: drawing {demo.images:,} scenes into {synthetic_dir}")
+        _banner(f"[1/7] synthetic data set: drawing {demo.images:,} scenes into {synthetic_dir}")
         made_info = make_synthetic(synthetic_dir, synthetic)
         print(f"{made_info['images']:,} images in {made_info['seconds']:.1f} s")
 
     # 2. Records, with the command a COCO user runs.
     if made and (records_dir / DATASET_JSON).is_file():
-        _banner(f"[2/6] records: reusing {records_dir}")
+        _banner(f"[2/7] records: reusing {records_dir}")
         print(format_summary(json.loads((records_dir / DATASET_JSON).read_text())))
     else:
-        _banner(f"[2/6] records: building im2txt shards into {records_dir}")
+        _banner(f"[2/7] records: building im2txt shards into {records_dir}")
         build_mscoco(
             annotations / "captions_train.json",
             synthetic_dir / "train",
@@ -99,27 +105,45 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
             BuildConfig(output_dir=records_dir, train_shards=8, val_shards=2, test_shards=2),
         )
 
-    # 3-4. Phase 1, then phase 2 in the same train_dir.
+    # 3. The encoder's starting weights: ImageNet's stand-in.
+    train_pattern = str(records_dir / "train-?????-of-00008")
+    model = preset.get("model", {})
+    encoder_file = output_dir / "encoder-pretrained" / "encoder.safetensors"
+    if demo.pretrain_encoder:
+        pretrain = preset_section(preset, PretrainConfig, "pretrain", preset_name)
+        summary_file = encoder_file.with_name(encoder_file.name + ".json")
+        done = made and summary_file.is_file() and encoder_file.is_file()
+        if done and json.loads(summary_file.read_text())["config"] == dataclasses.asdict(pretrain):
+            _banner(f"[3/7] encoder pretraining: reusing {encoder_file}")
+        else:
+            _banner("[3/7] encoder pretraining on the training images' object labels")
+            pretrain_encoder(
+                model, train_pattern, annotations / OBJECT_LABELS_FILE, encoder_file, pretrain
+            )
+    else:
+        _banner("[3/7] encoder pretraining: off in this preset (random encoder)")
+
+    # 4-5. Phase 1, then phase 2 in the same train_dir.
     base = dataclasses.replace(
         preset_section(preset, TrainConfig, "train", preset_name),
-        input_file_pattern=str(records_dir / "train-?????-of-00008"),
+        input_file_pattern=train_pattern,
         train_dir=str(train_dir),
         feature_cache_dir=str(output_dir / "feature-cache"),
+        inception_checkpoint_file=str(encoder_file) if demo.pretrain_encoder else "",
     )
-    model = preset.get("model", {})
     phase_ends = (demo.phase1_steps, demo.phase1_steps + demo.phase2_steps)
-    for phase, (number, end) in enumerate(zip((3, 4), phase_ends, strict=True), start=1):
+    for phase, (number, end) in enumerate(zip((4, 5), phase_ends, strict=True), start=1):
         step = _step(train_dir)
         if step >= end:
-            _banner(f"[{number}/6] phase {phase}: done already (step {step} >= {end}), reusing")
+            _banner(f"[{number}/7] phase {phase}: done already (step {step} >= {end}), reusing")
             continue
-        _banner(f"[{number}/6] phase {phase}: training to step {end}")
+        _banner(f"[{number}/7] phase {phase}: training to step {end}")
         config = dataclasses.replace(base, number_of_steps=end, train_inception=phase == 2)
         train(config, model)
     train_seconds = time.perf_counter() - start
 
     # 5. Evaluation on the held-out test scenes.
-    _banner("[5/6] evaluation on the test split")
+    _banner("[6/7] evaluation on the test split")
     test_pattern = str(records_dir / "test-?????-of-00002")
     checkpoint = load_checkpoint(train_dir)
     test_pairs = json.loads((records_dir / DATASET_JSON).read_text())["splits"]["test"]["pairs"]
@@ -149,7 +173,7 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
     fixed_accuracy = attribute_accuracy(dict.fromkeys(results, fixed_caption), truth)
 
     # 6. A few captions in the seed's format.
-    _banner("[6/6] captions for a few test images")
+    _banner("[7/7] captions for a few test images")
     files = [str(synthetic_dir / "val" / image_filename("val", i)) for i in sorted(results)[:4]]
     for result in caption_files(captioner, files, num_workers=0):
         print(format_captions(result))

@@ -30,7 +30,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,19 +103,13 @@ def learning_rate(step: int, config: TrainConfig, steps_per_epoch: float) -> flo
     return config.initial_learning_rate * config.learning_rate_decay_factor ** (step // decay_steps)
 
 
-def make_optimizer(
-    name: str, parameters: list[torch.nn.Parameter], lr: float
-) -> torch.optim.Optimizer:
-    """im2txt's `TrainingConfig.optimizer` names (tf.contrib.layers.optimize_loss)."""
-    if name == "SGD":
-        return torch.optim.SGD(parameters, lr=lr)
-    if name == "Momentum":
-        return torch.optim.SGD(parameters, lr=lr, momentum=0.9)
-    if name == "Adam":
-        return torch.optim.Adam(parameters, lr=lr)
-    if name == "Adagrad":
-        return torch.optim.Adagrad(parameters, lr=lr)
-    raise ShowtellError(f"--optimizer {name}: use SGD, Momentum, Adam or Adagrad")
+# im2txt's `TrainingConfig.optimizer` names (tf.contrib.layers.optimize_loss's).
+OPTIMIZERS: dict[str, Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer]] = {
+    "SGD": lambda params, lr: torch.optim.SGD(params, lr=lr),
+    "Momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+    "Adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "Adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr),
+}
 
 
 def count_pairs(files: list[Path]) -> int:
@@ -138,12 +132,12 @@ def find_vocabulary(config: TrainConfig, files: list[Path]) -> Vocabulary:
     return Vocabulary.load(path)
 
 
-def resolve_model_config(overrides: dict[str, Any], vocab: Vocabulary) -> ModelConfig:
+def resolve_model_config(overrides: dict[str, Any], vocab_size: int) -> ModelConfig:
     """A fresh model's config: im2txt's defaults, the encoder's input size, the user's
     settings, and the vocabulary's size."""
     encoder = overrides.get("encoder", ModelConfig().encoder)
     base = {"image": asdict(encoder_spec(encoder).image)}
-    merged = {**base, **overrides, "vocab_size": len(vocab)}
+    merged = {**base, **overrides, "vocab_size": vocab_size}
     if "image" in overrides:
         merged["image"] = {**base["image"], **overrides["image"]}
     return model_config_from_dict(merged)
@@ -251,6 +245,8 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         raise ShowtellError("train needs --train_dir")
     if not config.input_file_pattern:
         raise ShowtellError("train needs --input_file_pattern")
+    if config.optimizer not in OPTIMIZERS:
+        raise ShowtellError(f"--optimizer {config.optimizer}: use one of {', '.join(OPTIMIZERS)}")
     train_dir = Path(config.train_dir)
     files = expand_file_patterns(config.input_file_pattern)
     vocab = find_vocabulary(config, files)
@@ -280,7 +276,7 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         model_config = checkpoint.model_config
     else:
         checkpoint = None
-        model_config = resolve_model_config(overrides, vocab)
+        model_config = resolve_model_config(overrides, len(vocab))
 
     model = ShowAndTell(model_config)
     if checkpoint is not None:
@@ -349,9 +345,8 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         model.feature_std.copy_(std.clamp_min(1e-6).to(process.device))
 
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        parameters, lr=learning_rate(global_step, config, batches.steps_per_epoch)
-    )
+    lr = learning_rate(global_step, config, batches.steps_per_epoch)
+    optimizer = OPTIMIZERS[config.optimizer](parameters, lr)
     epoch, position = 0, 0
     if state is not None:
         same_phase = bool(state.get("train_inception")) == config.train_inception
