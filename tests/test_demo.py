@@ -57,6 +57,7 @@ def test_small_demo_pipeline_sees_the_images(tmp_path: Path, capsys) -> None:
         f"--train_dir={run}",
         f"--feature_cache_dir={tmp_path / 'cache'}",
         f"--inception_checkpoint_file={encoder}",
+        "--num_epochs_per_decay=8",  # the preset halves the rate every epoch of 16,000 images
         "--log_every_n_steps=400",
     ]
     assert main([*common, "--train_inception=false", "--number_of_steps=1200"]) == 0
