@@ -366,17 +366,16 @@ def _add_dataclass_flags(
         group.add_argument(*names, **kwargs)
 
 
-def _split_config_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    model = {k[6:]: v for k, v in vars(args).items() if k.startswith("model.")}
-    train = {k[6:]: v for k, v in vars(args).items() if k.startswith("train.")}
-    return model, train
+def _prefixed(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The flags `_add_dataclass_flags` added with this prefix that were given."""
+    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from showtell.config import TrainConfig, load_preset
     from showtell.training.train import train
 
-    model_flags, train_flags = _split_config_args(args)
+    model_flags, train_flags = _prefixed(args, "model."), _prefixed(args, "train.")
     preset = load_preset(args.config) if args.config else {}
     train_values = {**preset.get("train", {}), **train_flags}
     config = dataclasses.replace(TrainConfig(), **train_values)
@@ -416,8 +415,7 @@ def _cmd_pretrain_encoder(args: argparse.Namespace) -> int:
     from showtell.config import PretrainConfig, load_preset, preset_section
     from showtell.training.pretrain import pretrain_encoder
 
-    model_flags = {k[6:]: v for k, v in vars(args).items() if k.startswith("model.")}
-    pretrain_flags = {k[9:]: v for k, v in vars(args).items() if k.startswith("pretrain.")}
+    model_flags, pretrain_flags = _prefixed(args, "model."), _prefixed(args, "pretrain.")
     preset = load_preset(args.config) if args.config else {}
     config = dataclasses.replace(
         preset_section(preset, PretrainConfig, "pretrain", args.config or ""), **pretrain_flags

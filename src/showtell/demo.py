@@ -142,7 +142,7 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
         train(config, model)
     train_seconds = time.perf_counter() - start
 
-    # 5. Evaluation on the held-out test scenes.
+    # 6. Evaluation on the held-out test scenes.
     _banner("[6/7] evaluation on the test split")
     test_pattern = str(records_dir / "test-?????-of-00002")
     checkpoint = load_checkpoint(train_dir)
@@ -172,7 +172,7 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
     )
     fixed_accuracy = attribute_accuracy(dict.fromkeys(results, fixed_caption), truth)
 
-    # 6. A few captions in the seed's format.
+    # 7. A few captions in the seed's format.
     _banner("[7/7] captions for a few test images")
     files = [str(synthetic_dir / "val" / image_filename("val", i)) for i in sorted(results)[:4]]
     for result in caption_files(captioner, files, num_workers=0):

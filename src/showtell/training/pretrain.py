@@ -38,6 +38,7 @@ from showtell.data.preprocess import ImagePreprocessor, decode_rgb
 from showtell.data.records import expand_file_patterns, read_caption_records
 from showtell.encoders import Encoder, build_encoder, calibrate_batch_norm
 from showtell.errors import ShowtellError
+from showtell.training.train import resolve_model_config
 
 
 @dataclass(frozen=True)
@@ -80,17 +81,13 @@ class _LabelledImages(Dataset):
     from the encoded bytes (memory: the JPEG sizes)."""
 
     def __init__(
-        self,
-        ids: list[int],
-        items: list[tuple[bytes, list[int]]],
-        image: ImageConfig,
-        seed: int,
+        self, items: list[tuple[int, bytes, list[int]]], image: ImageConfig, seed: int
     ) -> None:
         self.items, self.image, self.seed = items, image, seed
         self.preprocess: ImagePreprocessor | None = None
         self.pixels: list[torch.Tensor] | None = []
         total = 0
-        for image_id, (data, _) in zip(ids, items, strict=True):
+        for image_id, data, _ in items:
             try:
                 self.pixels.append(decode_rgb(data))  # (3, H, W) uint8
             except BadImageError as e:
@@ -108,17 +105,15 @@ class _LabelledImages(Dataset):
             worker = torch.utils.data.get_worker_info()
             offset = worker.id if worker else 0
             self.preprocess = ImagePreprocessor(self.image, training=True, seed=self.seed + offset)
-        data, labels = self.items[index]
+        _, data, labels = self.items[index]
         if self.pixels is not None:
             return self.preprocess.from_uint8(self.pixels[index]), torch.tensor(labels)
         return self.preprocess(data), torch.tensor(labels)
 
 
-def _labelled_images(
-    files: list[Path], labels: Labels
-) -> tuple[list[int], list[tuple[bytes, list[int]]]]:
-    """(image ids, (encoded image, labels)) of the records' distinct labelled images."""
-    ids, items, seen, unlabelled = [], [], set(), 0
+def _labelled_images(files: list[Path], labels: Labels) -> list[tuple[int, bytes, list[int]]]:
+    """(image id, encoded image, labels) of the records' distinct labelled images."""
+    items, seen, unlabelled = [], set(), 0
     for path in tqdm(files, desc="reading images", unit="shard", file=sys.stderr):
         for record in read_caption_records(path):
             if record.image_id in seen:
@@ -128,15 +123,14 @@ def _labelled_images(
             if row is None:
                 unlabelled += 1
             else:
-                ids.append(record.image_id)
-                items.append((record.image_data, row))
+                items.append((record.image_id, record.image_data, row))
     if not items:
         raise ShowtellError(
             f"none of the {len(seen):,} images in the records has a label in the labels file"
         )
     if unlabelled:
         print(f"warning: {unlabelled:,} images have no labels and are left out", file=sys.stderr)
-    return ids, items
+    return items
 
 
 class _Classifier(nn.Module):
@@ -161,20 +155,18 @@ def pretrain_encoder(
     """Trains the encoder that `model_overrides` (a preset's "model" section) names, with
     its input preprocessing, on the labels; writes its weights (safetensors) to
     `output_file`, beside `<output_file>.json` describing the run. Returns that summary."""
-    from showtell.training.train import resolve_model_config
-
     model_config = resolve_model_config(model_overrides, vocab_size=1)
     encoder_name, image = model_config.encoder, model_config.image
     if config.steps < 1 or config.batch_size < 1:
         raise ShowtellError("pretrain-encoder: --steps and --batch_size must be at least 1")
     files = expand_file_patterns(input_file_pattern)
     labels = load_labels(labels_file)
-    ids, items = _labelled_images(files, labels)
+    items = _labelled_images(files, labels)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
     encoder = build_encoder(encoder_name)
-    dataset = _LabelledImages(ids, items, image, config.seed)
+    dataset = _LabelledImages(items, image, config.seed)
     workers = 0 if dataset.pixels is not None else config.num_workers  # decoded: no work left
     images = DataLoader(
         dataset,
