@@ -11,6 +11,7 @@ import pytest
 
 from showtell.cli import main
 from showtell.data.synthetic import attribute_accuracy, load_attributes
+from showtell.demo import SETTINGS_FILE, _reuse_train_dir
 from showtell.evaluation.evaluate import load_references
 from showtell.evaluation.metrics import ptb_tokenize
 
@@ -114,3 +115,27 @@ def test_small_demo_pipeline_sees_the_images(tmp_path: Path, capsys) -> None:
     accuracy = attribute_accuracy(results, load_attributes(annotations / "attributes.json"))
     assert accuracy["colours"] > 0.35, accuracy
     assert accuracy["objects"] > 0.8, accuracy
+
+
+def test_demo_reuses_a_train_dir_only_for_the_same_settings(tmp_path: Path, capsys) -> None:
+    train_dir = tmp_path / "train"
+    assert not _reuse_train_dir(train_dir, {"model": {"embedding_size": 256}})
+    (train_dir / "model.ckpt-3000").mkdir()  # a checkpoint trained with those settings
+
+    assert _reuse_train_dir(train_dir, {"model": {"embedding_size": 256}})
+    assert (train_dir / "model.ckpt-3000").is_dir()
+
+    # An edited preset: the old checkpoints move aside, phase 1 starts again.
+    assert not _reuse_train_dir(train_dir, {"model": {"embedding_size": 512}})
+    previous = tmp_path / "train.previous"
+    assert (previous / "model.ckpt-3000").is_dir()
+    assert [p.name for p in train_dir.iterdir()] == [SETTINGS_FILE]
+    assert json.loads((train_dir / SETTINGS_FILE).read_text()) == {"model": {"embedding_size": 512}}
+    assert "trained with other settings" in capsys.readouterr().out
+
+    # A train_dir from before the settings were recorded is not trusted either.
+    (train_dir / SETTINGS_FILE).unlink()
+    (train_dir / "model.ckpt-10").mkdir()
+    assert not _reuse_train_dir(train_dir, {"model": {"embedding_size": 512}})
+    assert (previous / "model.ckpt-10").is_dir()  # replaced the older one
+    assert not (previous / "model.ckpt-3000").exists()

@@ -14,13 +14,17 @@
 7. caption a few test images in the seed's output format; write the HTML gallery.
 
 Model, training and demo sizes come from a preset (`cpu-small` by default, see
-`presets/`). Everything goes under one folder, and a second run reuses what is done.
+`presets/`). Everything goes under one folder, and a second run reuses what is done;
+the train_dir records what its checkpoints were trained with, and one trained with
+other settings (an edited preset, new encoder weights) is moved aside, not resumed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -57,6 +61,34 @@ DEMO_SEED = 1234
 def _step(train_dir: Path) -> int:
     path = latest_checkpoint(train_dir) if train_dir.exists() else None
     return load_checkpoint(path).step if path else 0
+
+
+# What the checkpoints in the demo's train_dir were trained with (see `_reuse_train_dir`).
+SETTINGS_FILE = "demo_settings.json"
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def _reuse_train_dir(train_dir: Path, settings: dict[str, Any]) -> bool:
+    """Keeps `train_dir` when its checkpoints were trained with `settings` (and returns
+    True); otherwise moves it aside to `<train_dir>.previous` (replacing an older one),
+    so that an edited preset or new encoder weights start phase 1 again instead of
+    resuming, or reporting, a model trained differently. Writes `settings` into the
+    train_dir it leaves in place."""
+    settings_file = train_dir / SETTINGS_FILE
+    if train_dir.exists() and any(train_dir.iterdir()):
+        recorded = json.loads(settings_file.read_text()) if settings_file.is_file() else None
+        if recorded == settings:
+            return True
+        previous = train_dir.with_name(train_dir.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        train_dir.rename(previous)
+        print(f"{train_dir} was trained with other settings: moved to {previous}")
+    train_dir.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(settings, indent=2, sort_keys=True))
+    return False
 
 
 def _banner(message: str) -> None:
@@ -132,6 +164,21 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
         inception_checkpoint_file=str(encoder_file) if demo.pretrain_encoder else "",
     )
     phase_ends = (demo.phase1_steps, demo.phase1_steps + demo.phase2_steps)
+    paths = {
+        "input_file_pattern",
+        "train_dir",
+        "vocab_file",
+        "feature_cache_dir",
+        "inception_checkpoint_file",
+    }
+    settings = {  # what the model learns from: the data, the settings, the encoder's start
+        "data": dataclasses.asdict(synthetic),
+        "model": model,
+        "train": {k: v for k, v in dataclasses.asdict(base).items() if k not in paths},
+        "phase_ends": list(phase_ends),
+        "encoder_sha256": _file_digest(encoder_file) if demo.pretrain_encoder else "",
+    }
+    _reuse_train_dir(train_dir, settings)
     for phase, (number, end) in enumerate(zip((4, 5), phase_ends, strict=True), start=1):
         step = _step(train_dir)
         if step >= end:
