@@ -53,7 +53,7 @@ from showtell.evaluation.metrics import METRIC_NAMES, ptb_tokenize, score_captio
 from showtell.inference import Captioner, caption_files, format_captions
 from showtell.training.checkpoint import latest_checkpoint, load_checkpoint
 from showtell.training.pretrain import pretrain_encoder
-from showtell.training.train import select_device, train
+from showtell.training.train import resolve_model_config, select_device, train
 
 DEMO_SEED = 1234
 
@@ -65,10 +65,6 @@ def _step(train_dir: Path) -> int:
 
 # What the checkpoints in the demo's train_dir were trained with (see `_reuse_train_dir`).
 SETTINGS_FILE = "demo_settings.json"
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 def _reuse_train_dir(train_dir: Path, settings: dict[str, Any]) -> bool:
@@ -144,8 +140,15 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
     if demo.pretrain_encoder:
         pretrain = preset_section(preset, PretrainConfig, "pretrain", preset_name)
         summary_file = encoder_file.with_name(encoder_file.name + ".json")
+        encoder = resolve_model_config(model, vocab_size=1)  # the encoder and its input
+        wanted = {  # as the summary file has them (JSON: tuples read back as lists)
+            "config": dataclasses.asdict(pretrain),
+            "encoder": encoder.encoder,
+            "image": json.loads(json.dumps(dataclasses.asdict(encoder.image))),
+        }
         done = made and summary_file.is_file() and encoder_file.is_file()
-        if done and json.loads(summary_file.read_text())["config"] == dataclasses.asdict(pretrain):
+        summary = json.loads(summary_file.read_text()) if done else {}
+        if done and {k: summary.get(k) for k in wanted} == wanted:
             _banner(f"[3/7] encoder pretraining: reusing {encoder_file}")
         else:
             _banner("[3/7] encoder pretraining on the training images' object labels")
@@ -176,7 +179,9 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
         "model": model,
         "train": {k: v for k, v in dataclasses.asdict(base).items() if k not in paths},
         "phase_ends": list(phase_ends),
-        "encoder_sha256": _file_digest(encoder_file) if demo.pretrain_encoder else "",
+        "encoder_sha256": (
+            hashlib.sha256(encoder_file.read_bytes()).hexdigest() if demo.pretrain_encoder else ""
+        ),
     }
     _reuse_train_dir(train_dir, settings)
     for phase, (number, end) in enumerate(zip((4, 5), phase_ends, strict=True), start=1):
