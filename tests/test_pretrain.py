@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import TINY_MODEL, tiny_train_config
 from showtell.cli import main
-from showtell.config import PretrainConfig
+from showtell.config import ImageConfig, PretrainConfig, model_config_from_dict
+from showtell.data.preprocess import ImagePreprocessor
+from showtell.data.records import expand_file_patterns, read_caption_records
 from showtell.data.synthetic import OBJECT_LABELS_FILE, cell_labels, load_attributes
+from showtell.encoders import build_encoder, load_pretrained
 from showtell.errors import ShowtellError
+from showtell.model import ShowAndTell
 from showtell.training.checkpoint import load_checkpoint
 from showtell.training.pretrain import load_labels, pretrain_encoder
 from showtell.training.train import train
@@ -45,13 +49,84 @@ def test_pretrained_weights_learn_and_start_phase_one(
     assert summary["steps"] == 60 and summary["loss"] < 0.5 * 9 * math.log(33), summary
     assert json.loads(out.with_name(out.name + ".json").read_text())["config"]["steps"] == 60
 
+    weights = load_file(out)
+    assert weights["label_head.weight"].shape == (9 * 33, 2048)
+
+    # A model without a label head loads the backbone and leaves the head out...
     run = tmp_path / "run"
     train(
         tiny_train_config(synthetic_records, run, 1, inception_checkpoint_file=str(out)), TINY_MODEL
     )
     saved = load_checkpoint(run).model_state()
-    for name, tensor in load_file(out).items():
-        assert torch.equal(saved[f"encoder.backbone.{name}"], tensor), name
+    assert not any(name.startswith("encoder.label_head.") for name in saved)
+    for name, tensor in weights.items():
+        if not name.startswith("label_head."):
+            assert torch.equal(saved[f"encoder.backbone.{name}"], tensor), name
+
+    # ...one with `encoder_label_head` keeps the head, and its class probabilities (one
+    # distribution per cell) join the features.
+    with_head = {**TINY_MODEL, "encoder_label_head": [9, 33]}
+    run = tmp_path / "run-head"
+    train(
+        tiny_train_config(synthetic_records, run, 1, inception_checkpoint_file=str(out)), with_head
+    )
+    checkpoint = load_checkpoint(run)
+    model = ShowAndTell(checkpoint.model_config)
+    model.load_state_dict(checkpoint.model_state())
+    model.eval()
+    assert model.image_embedding.in_features == 2048 + 9 * 33
+    pretrained = build_encoder("cnn_small", label_head=(9, 33))
+    load_pretrained(pretrained, str(out))
+    pretrained.eval()
+    images = _some_images(synthetic_records, checkpoint.model_config.image)
+    with torch.no_grad():
+        features = model.encoder(images)  # (B, 2048 + 297)
+        backbone = pretrained.backbone_features(images)  # (B, 2048)
+        probs = pretrained.label_logits(backbone).softmax(-1)  # (B, 9, 33)
+    assert torch.allclose(features[:, :2048], backbone, atol=1e-6)
+    assert torch.allclose(features[:, 2048:], probs.flatten(1), atol=1e-6)
+    assert torch.allclose(probs.sum(-1), torch.ones(len(images), 9), atol=1e-5)
+
+
+def _some_images(records: Path, image: ImageConfig) -> torch.Tensor:
+    """Up to 32 training images, preprocessed for evaluation."""
+    preprocess = ImagePreprocessor(image, training=False)
+    images = []
+    for path in expand_file_patterns(str(records / "train-*")):
+        images += [preprocess(record.image_data) for record in read_caption_records(path)]
+    return torch.stack(images[:32])
+
+
+def test_label_head_errors_name_the_file_and_the_problem(
+    synthetic_records: Path, tmp_path: Path
+) -> None:
+    with_head = {**TINY_MODEL, "encoder_label_head": [9, 33]}
+    config = PretrainConfig(steps=1, batch_size=8, num_workers=0)
+    with pytest.raises(ShowtellError, match=r"9 slots x 33 classes, but .* is 4 x 33"):
+        pretrain_encoder(
+            {**TINY_MODEL, "encoder_label_head": [4, 33]},
+            str(synthetic_records / "train-*"),
+            labels_file(synthetic_records),
+            tmp_path / "never.safetensors",
+            config,
+        )
+    with pytest.raises(ShowtellError, match=r"\[9, 33, 1\]: give \[slots, classes\]"):
+        ShowAndTell(model_config_from_dict({**with_head, "encoder_label_head": [9, 33, 1]}))
+
+    out = tmp_path / "encoder.safetensors"
+    pretrain_encoder(
+        TINY_MODEL, str(synthetic_records / "train-*"), labels_file(synthetic_records), out, config
+    )
+    encoder = build_encoder("cnn_small", label_head=(9, 33))
+    with pytest.raises(ShowtellError, match="needs a trained label head"):
+        load_pretrained(encoder)
+    backbone_only = tmp_path / "backbone.safetensors"
+    save_file({k: v for k, v in load_file(out).items() if "label_head" not in k}, backbone_only)
+    with pytest.raises(ShowtellError, match=rf"{backbone_only}: has no label head"):
+        load_pretrained(encoder, str(backbone_only))
+    with pytest.raises(ShowtellError, match=rf"{out}: its label head \(297x2048 weights\)"):
+        load_pretrained(build_encoder("cnn_small", label_head=(9, 30)), str(out))
+    load_pretrained(encoder, str(out))  # the right shape loads
 
 
 def test_cli_and_clear_errors(synthetic_records: Path, tmp_path: Path, capsys) -> None:

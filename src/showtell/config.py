@@ -80,9 +80,24 @@ class ModelConfig:
         "standardise encoder features per dimension with statistics of the training "
         "images, measured once at step 0 (for encoders without pretrained weights)",
     )
+    encoder_label_head: tuple[int, ...] = opt(
+        (),
+        "(slots, classes) of the label classifier that pretrain-encoder trained with the "
+        "encoder: its class probabilities join the features; () for none (im2txt's)",
+    )
     image: ImageConfig = field(
         default_factory=ImageConfig, metadata={"help": "preprocessing; sizes follow the encoder"}
     )
+
+    def __post_init__(self) -> None:
+        self.encoder_label_head = tuple(self.encoder_label_head)
+        if self.encoder_label_head and (
+            len(self.encoder_label_head) != 2 or min(self.encoder_label_head) < 1
+        ):
+            raise ShowtellError(
+                f"encoder_label_head {list(self.encoder_label_head)}: give [slots, classes], "
+                "both at least 1, or [] for none"
+            )
 
 
 @dataclass

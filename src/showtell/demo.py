@@ -4,7 +4,8 @@
 2. build im2txt's records from it with the MSCOCO command;
 3. pretrain the encoder on the training images' object labels: no ImageNet weights
    exist here, and this stands in for them (`showtell pretrain-encoder`; the weights
-   reach phase 1 through `--inception_checkpoint_file`, as ImageNet weights would);
+   reach phase 1 through `--inception_checkpoint_file`, as ImageNet weights would,
+   with the label head whose class probabilities the preset adds to the features);
 4. phase 1: train with the encoder frozen, on cached features;
 5. phase 2: fine-tune everything from the phase-1 checkpoint, same train_dir;
 6. evaluate on the held-out test scenes: perplexity, BLEU-1..4, METEOR (with Java),

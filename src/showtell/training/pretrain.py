@@ -9,8 +9,12 @@ weights. The demo uses it with the synthetic scenes' object annotations (the col
 shape in each cell of their 3x3 grid), as a detector-pretrained backbone uses COCO's.
 
 Labels file (JSON): {"slots": S, "classes": C, "labels": {"<image id>": [S class ids]}};
-one linear head per slot reads the encoder's output, and the loss is the cross-entropy
-summed over slots. `make-synthetic` writes one (`annotations/object_labels.json`).
+the encoder's label head (a linear layer on its features, a softmax per slot) is trained
+with it on the cross-entropy summed over slots. `make-synthetic` writes one
+(`annotations/object_labels.json`). The file written holds the backbone's weights under
+torchvision-style names and the head's under `label_head.`: a model whose config sets
+`encoder_label_head` keeps the head and feeds its class probabilities to the decoder;
+any other ignores it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -36,7 +39,7 @@ from showtell.config import ImageConfig, PretrainConfig
 from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor, decode_rgb
 from showtell.data.records import expand_file_patterns, read_caption_records
-from showtell.encoders import Encoder, build_encoder, calibrate_batch_norm
+from showtell.encoders import build_encoder, calibrate_batch_norm
 from showtell.errors import ShowtellError
 from showtell.training.train import resolve_model_config
 
@@ -133,18 +136,6 @@ def _labelled_images(files: list[Path], labels: Labels) -> list[tuple[int, bytes
     return items
 
 
-class _Classifier(nn.Module):
-    def __init__(self, encoder: Encoder, labels: Labels):
-        super().__init__()
-        self.encoder = encoder
-        self.heads = nn.Linear(encoder.output_dim, labels.slots * labels.classes)
-        self.slots, self.classes = labels.slots, labels.classes
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(images)  # (B, D)
-        return self.heads(features).view(-1, self.slots, self.classes)  # (B, S, C)
-
-
 def pretrain_encoder(
     model_overrides: dict[str, Any],
     input_file_pattern: str,
@@ -165,7 +156,14 @@ def pretrain_encoder(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
-    encoder = build_encoder(encoder_name)
+    wanted = model_config.encoder_label_head
+    if wanted and tuple(wanted) != (labels.slots, labels.classes):
+        raise ShowtellError(
+            f"{labels_file}: {labels.slots} slots x {labels.classes} classes, but the model "
+            f"config's encoder_label_head is {wanted[0]} x {wanted[1]}"
+        )
+    # The label head trained here is the one encoder_label_head keeps.
+    encoder = build_encoder(encoder_name, label_head=(labels.slots, labels.classes))
     dataset = _LabelledImages(items, image, config.seed)
     workers = 0 if dataset.pixels is not None else config.num_workers  # decoded: no work left
     images = DataLoader(
@@ -178,19 +176,18 @@ def pretrain_encoder(
     )
     # Batch-norm statistics from the data before the first step, as for phase 1.
     calibrate_batch_norm(encoder, (x for x, _ in islice(images, 2048 // config.batch_size + 1)))
-    model = _Classifier(encoder, labels)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.learning_rate)
     # Cosine decay to zero: the last steps settle the weights phase 1 will freeze.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.steps)))
     )
-    model.train()
+    encoder.train()
     start, step = time.perf_counter(), 0
     recent_loss, recent_right, recent_total = 0.0, 0, 0
     with tqdm(total=config.steps, desc="pretraining encoder", unit="step", file=sys.stderr) as bar:
         while step < config.steps:
             for x, y in images:
-                logits = model(x)  # (B, S, C)
+                logits = encoder.label_logits(encoder.backbone_features(x))  # (B, S, C)
                 loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / len(x)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -209,7 +206,8 @@ def pretrain_encoder(
 
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in encoder.backbone.state_dict().items()}
+    # torchvision-style backbone keys (loadable wherever those are), then the label head.
+    state = {k.removeprefix("backbone."): v.contiguous() for k, v in encoder.state_dict().items()}
     tmp = output_file.with_name(output_file.name + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(output_file)
