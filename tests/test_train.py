@@ -175,6 +175,30 @@ def test_optimizer_option_picks_the_update_rule(records: Path, tmp_path: Path) -
         train(config(records, tmp_path / "bad", 1, optimizer="RMSprop"), MODEL)
 
 
+def test_cpu_bf16_computes_in_bfloat16_only_where_the_cpu_has_it(
+    records: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import showtell.training.train as training
+
+    def weights(run: Path) -> dict[str, torch.Tensor]:
+        return load_checkpoint(run).model_state()
+
+    train(config(records, tmp_path / "warm-up", 1), MODEL)  # builds the feature cache
+    train(config(records, tmp_path / "fp32", 3), MODEL)
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    train(config(records, tmp_path / "fallback", 3, cpu_bf16=True), MODEL)
+    assert "no bfloat16 instructions; training in float32" in capsys.readouterr().out
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    train(config(records, tmp_path / "bf16", 3, cpu_bf16=True), MODEL)
+
+    fp32, fallback, bf16 = (weights(tmp_path / r) for r in ("fp32", "fallback", "bf16"))
+    assert all(torch.equal(fp32[k], fallback[k]) for k in fp32)
+    assert all(v.dtype == fp32[k].dtype for k, v in bf16.items())  # weights stay float32
+    lstm = "lstm.weight_hh_l0"
+    assert not torch.equal(bf16[lstm], fp32[lstm])  # rounded to bfloat16 on the way
+    assert torch.allclose(bf16[lstm], fp32[lstm], atol=0.05)
+
+
 @pytest.mark.slow
 def test_two_process_gloo_ddp(records: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"

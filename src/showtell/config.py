@@ -128,6 +128,11 @@ class TrainConfig:
     num_workers: int = opt(2, "DataLoader processes decoding images")
     device: str = opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     compile: bool = opt(False, "torch.compile the model (CUDA)")
+    cpu_bf16: bool = opt(
+        False,
+        "on a CPU with bfloat16 instructions (AVX512-BF16 or AMX), compute in bfloat16 "
+        "(autocast; weights stay float32); elsewhere float32",
+    )
     seed: int = opt(0, "seeds initialisation, shuffling and dropout")
 
 

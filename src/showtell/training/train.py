@@ -31,7 +31,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,25 @@ def setup_process(device_spec: str) -> Process:
 
 
 # --- what the loop needs ---------------------------------------------------------------
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (where bfloat16 beats float32 on it;
+    elsewhere it is emulated and slower). PyTorch's check is private: absent, False."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def _autocast(process: Process, config: TrainConfig) -> AbstractContextManager:
+    """bfloat16 autocast (weights and optimizer state stay float32): always on CUDA, on
+    CPU when asked and the CPU has bfloat16 instructions."""
+    if process.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if process.device.type == "cpu" and config.cpu_bf16:
+        if cpu_has_bf16():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        _say(process, "cpu_bf16: this CPU has no bfloat16 instructions; training in float32")
+    return nullcontext()
 
 
 def learning_rate(step: int, config: TrainConfig, steps_per_epoch: float) -> float:
@@ -367,11 +386,7 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         )
     if config.compile:
         network = torch.compile(network)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if process.device.type == "cuda"
-        else nullcontext()
-    )
+    autocast = _autocast(process, config)
 
     writer = None
     if process.is_main:
