@@ -156,6 +156,7 @@ class PretrainConfig:
     learning_rate: float = opt(0.002, "Adam's learning rate")
     seed: int = opt(0, "initialisation and shuffling")
     num_workers: int = opt(2, "image-decoding worker processes")
+    cpu_bf16: bool = opt(False, "as `train --cpu_bf16`: bfloat16 autocast on CPUs that have it")
 
 
 @dataclass

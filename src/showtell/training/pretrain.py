@@ -41,7 +41,7 @@ from showtell.data.preprocess import ImagePreprocessor, decode_rgb
 from showtell.data.records import expand_file_patterns, read_caption_records
 from showtell.encoders import build_encoder, calibrate_batch_norm
 from showtell.errors import ShowtellError
-from showtell.training.train import resolve_model_config
+from showtell.training.train import cpu_autocast, resolve_model_config
 
 
 @dataclass(frozen=True)
@@ -181,13 +181,16 @@ def pretrain_encoder(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.steps)))
     )
+    autocast = cpu_autocast(config.cpu_bf16)
     encoder.train()
     start, step = time.perf_counter(), 0
     recent_loss, recent_right, recent_total = 0.0, 0, 0
     with tqdm(total=config.steps, desc="pretraining encoder", unit="step", file=sys.stderr) as bar:
         while step < config.steps:
             for x, y in images:
-                logits = encoder.label_logits(encoder.backbone_features(x))  # (B, S, C)
+                with autocast:
+                    logits = encoder.label_logits(encoder.backbone_features(x))  # (B, S, C)
+                logits = logits.float()
                 loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / len(x)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

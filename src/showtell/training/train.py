@@ -102,15 +102,22 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def cpu_autocast(wanted: bool, say: Callable[[str], None] = print) -> AbstractContextManager:
+    """bfloat16 autocast on the CPU (weights and optimizer state stay float32) when
+    `wanted` and the CPU has bfloat16 instructions; else float32, said once."""
+    if wanted and cpu_has_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if wanted:
+        say("cpu_bf16: this CPU has no bfloat16 instructions; training in float32")
+    return nullcontext()
+
+
 def _autocast(process: Process, config: TrainConfig) -> AbstractContextManager:
-    """bfloat16 autocast (weights and optimizer state stay float32): always on CUDA, on
-    CPU when asked and the CPU has bfloat16 instructions."""
+    """bfloat16 autocast: always on CUDA; on the CPU as `cpu_autocast` decides."""
     if process.device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if process.device.type == "cpu" and config.cpu_bf16:
-        if cpu_has_bf16():
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        _say(process, "cpu_bf16: this CPU has no bfloat16 instructions; training in float32")
+    if process.device.type == "cpu":
+        return cpu_autocast(config.cpu_bf16, lambda message: _say(process, message))
     return nullcontext()
 
 
