@@ -155,3 +155,32 @@ def test_cli_and_clear_errors(synthetic_records: Path, tmp_path: Path, capsys) -
     other.write_text(json.dumps({"slots": 1, "classes": 2, "labels": {"999999": [1]}}))
     assert main([*args[:2], f"--labels_file={other}", *args[3:]]) == 2
     assert "none of the" in capsys.readouterr().err
+
+
+def test_cpu_bf16_pretraining_only_where_the_cpu_has_it(
+    synthetic_records: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import showtell.training.train as training
+
+    def pretrain(name: str, cpu_bf16: bool) -> dict[str, torch.Tensor]:
+        config = PretrainConfig(steps=3, batch_size=8, num_workers=0, cpu_bf16=cpu_bf16)
+        out = tmp_path / f"{name}.safetensors"
+        pretrain_encoder(
+            TINY_MODEL,
+            str(synthetic_records / "train-*"),
+            labels_file(synthetic_records),
+            out,
+            config,
+        )
+        return load_file(out)
+
+    fp32 = pretrain("fp32", False)
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    fallback = pretrain("fallback", True)
+    assert "no bfloat16 instructions; training in float32" in capsys.readouterr().out
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    bf16 = pretrain("bf16", True)
+    assert all(torch.equal(fp32[k], fallback[k]) for k in fp32)
+    head = "label_head.weight"
+    assert bf16[head].dtype == torch.float32 and not torch.equal(bf16[head], fp32[head])
+    assert torch.allclose(bf16[head], fp32[head], atol=0.05)
