@@ -58,7 +58,7 @@ class Encoder(nn.Module):
         self.name = name
         self.backbone = backbone
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
-        self.feature_dim = self.output_dim = feature_dim
+        self.feature_dim = feature_dim
         self.label_slots = self.label_classes = 0
         self.label_head: nn.Linear | None = None
         self.imagenet_norm = imagenet_norm
@@ -71,7 +71,11 @@ class Encoder(nn.Module):
         """A linear classifier on the features, `classes` per slot (see the module doc)."""
         self.label_slots, self.label_classes = slots, classes
         self.label_head = nn.Linear(self.feature_dim, slots * classes)
-        self.output_dim = self.feature_dim + slots * classes
+
+    @property
+    def output_dim(self) -> int:
+        """Size of `forward`'s output: the features, then the label probabilities."""
+        return self.feature_dim + self.label_slots * self.label_classes
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         x = images  # (B, 3, H, W) in [-1, 1]

@@ -157,7 +157,7 @@ def pretrain_encoder(
     random.seed(config.seed)
 
     wanted = model_config.encoder_label_head
-    if wanted and tuple(wanted) != (labels.slots, labels.classes):
+    if wanted and wanted != (labels.slots, labels.classes):
         raise ShowtellError(
             f"{labels_file}: {labels.slots} slots x {labels.classes} classes, but the model "
             f"config's encoder_label_head is {wanted[0]} x {wanted[1]}"
