@@ -39,6 +39,7 @@ def _positive_int(text: str) -> int:
 
 def _add_build_flags(parser: argparse.ArgumentParser) -> None:
     from showtell.data.build import BuildConfig
+    from showtell.data.images import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
 
     defaults = BuildConfig(output_dir=Path("."))
     g = parser.add_argument_group("records (as the seed's build_mscoco_data)")
@@ -95,6 +96,14 @@ def _add_build_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="vocabulary file (default: OUTPUT_DIR/word_counts.txt)",
     )
+    _flag(
+        g,
+        "max_pixels",
+        type=_positive_int,
+        default=None,
+        help=f"skip images with more pixels (default: ${MAX_PIXELS_ENV}, else "
+        f"{MAX_IMAGE_PIXELS:,})",
+    )
 
 
 def _build_config(args: argparse.Namespace, output_dir: Path) -> Any:
@@ -112,6 +121,7 @@ def _build_config(args: argparse.Namespace, output_dir: Path) -> Any:
         unknown_word=args.unknown_word,
         min_word_count=args.min_word_count,
         word_counts_output_file=args.word_counts_output_file,
+        max_pixels=args.max_pixels,
     )
 
 
@@ -493,10 +503,13 @@ def _cmd_run_inference(args: argparse.Namespace) -> int:
         args.checkpoint_path, vocab_file=args.vocab_file, device=args.device, **_beam_settings(args)
     )
     failed = 0
-    for result in caption_files(captioner, files, args.batch_size, args.num_workers):
+    results = caption_files(
+        captioner, files, args.batch_size, args.num_workers, max_pixels=args.max_pixels
+    )
+    for result in results:
         if result.error is not None:
             failed += 1
-            print(f"error: {result.file}: {result.error}", file=sys.stderr, flush=True)
+            print(f"error: {result.error_message()}", file=sys.stderr, flush=True)
         elif args.json:
             captions = [
                 {"caption": s, "log_prob": lp, "p": math.exp(lp)} for s, lp in result.captions
@@ -508,6 +521,8 @@ def _cmd_run_inference(args: argparse.Namespace) -> int:
 
 
 def _add_run_inference_command(sub: Any) -> None:
+    from showtell.data.images import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
+
     p = sub.add_parser(
         "run-inference",
         aliases=["run_inference", "caption"],
@@ -529,6 +544,14 @@ def _add_run_inference_command(sub: Any) -> None:
     _flag(p, "input_files", required=True, help="comma-separated files and globs")
     _flag(p, "batch_size", type=_positive_int, default=32, help="images per batch")
     _flag(p, "num_workers", type=int, default=2, help="processes decoding images")
+    _flag(
+        p,
+        "max_pixels",
+        type=_positive_int,
+        default=None,
+        help=f"refuse images with more pixels (default: ${MAX_PIXELS_ENV}, else "
+        f"{MAX_IMAGE_PIXELS:,})",
+    )
     _flag(p, "device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     _add_beam_flags(p)

@@ -3,7 +3,9 @@
 `Captioner` loads a checkpoint (folder or train_dir), preprocesses images as im2txt
 did for evaluation (central crop) and runs the batched beam search. `caption_files`
 decodes files in parallel and captions them in batches; every file either gets its
-captions or fails alone with a reason.
+captions or fails alone with a reason. Only regular files are read (a FIFO would block
+the run forever), and file names are shown with control characters escaped, so that
+each message stays one line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from showtell.config import ImageConfig
-from showtell.data.images import BadImageError
+from showtell.data.images import (
+    BadImageError,
+    check_max_pixels,
+    max_image_pixels,
+    printable,
+    read_image_file,
+)
 from showtell.data.preprocess import ImagePreprocessor, decode_rgb
 from showtell.data.vocab import Vocabulary
 from showtell.errors import ShowtellError
@@ -37,6 +45,10 @@ class ImageCaptions:
     captions: list[tuple[str, float]]  # (sentence, log-probability)
     error: str | None = None
 
+    def error_message(self) -> str:
+        """`FILE: reason`, on one line whatever the file's name holds."""
+        return f"{printable(self.file)}: {self.error}"
+
 
 class Captioner:
     """A trained model ready to caption batches of preprocessed images."""
@@ -51,7 +63,8 @@ class Captioner:
         max_caption_length: int = 20,
         length_normalization_factor: float = 0.0,
     ) -> None:
-        self.checkpoint: Checkpoint = load_checkpoint(checkpoint_path)
+        # vocab_file: required for an im2txt (TensorFlow) checkpoint, which has none.
+        self.checkpoint: Checkpoint = load_checkpoint(checkpoint_path, vocab_file=vocab_file)
         self.vocab: Vocabulary = self.checkpoint.vocab
         if vocab_file:
             given = Vocabulary.load(vocab_file)
@@ -103,7 +116,7 @@ def expand_input_files(patterns: str) -> list[str]:
         if glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern))
             if not matches:
-                raise ShowtellError(f"{pattern}: no files match this pattern")
+                raise ShowtellError(f"{printable(pattern)}: no files match this pattern")
             files.extend(matches)
         else:
             files.append(pattern)
@@ -113,29 +126,25 @@ def expand_input_files(patterns: str) -> list[str]:
 
 
 class _ImageFiles(Dataset):
-    """Reads, decodes (EXIF orientation applied) and preprocesses one file; a failure
-    comes back as its reason instead of an exception."""
+    """Reads (regular files only), decodes (EXIF orientation applied, `max_pixels` at
+    most) and preprocesses one file; a failure comes back as its reason instead of an
+    exception."""
 
-    def __init__(self, files: Sequence[str], image_config: ImageConfig) -> None:
+    def __init__(
+        self, files: Sequence[str], image_config: ImageConfig, max_pixels: int | None = None
+    ) -> None:
         self.files = files
         self.preprocess = ImagePreprocessor(image_config, training=False)
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        path = self.files[index]
         try:
-            if os.path.isdir(path):
-                return index, None, "is a directory"
-            with open(path, "rb") as f:
-                data = f.read()
-            image = decode_rgb(data, apply_exif_orientation=True)
+            data = read_image_file(self.files[index])
+            image = decode_rgb(data, apply_exif_orientation=True, max_pixels=self.max_pixels)
             return index, self.preprocess.from_uint8(image), None
-        except FileNotFoundError:
-            return index, None, "file not found"
-        except OSError as e:
-            return index, None, f"cannot read file: {e.strerror or e}"
         except BadImageError as e:
             return index, None, str(e)
 
@@ -145,11 +154,18 @@ def _collate(items: list) -> list:
 
 
 def caption_files(
-    captioner: Captioner, files: Sequence[str], batch_size: int = 32, num_workers: int = 2
+    captioner: Captioner,
+    files: Sequence[str],
+    batch_size: int = 32,
+    num_workers: int = 2,
+    *,
+    max_pixels: int | None = None,
 ) -> Iterator[ImageCaptions]:
-    """Captions for each file, in order; decoding runs in `num_workers` processes."""
+    """Captions for each file, in order; decoding runs in `num_workers` processes.
+    Images over `max_pixels` (default: `images.max_image_pixels()`) fail alone."""
+    max_pixels = check_max_pixels(max_pixels or max_image_pixels())
     loader = DataLoader(
-        _ImageFiles(files, captioner.image_config),
+        _ImageFiles(files, captioner.image_config, max_pixels),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
@@ -170,7 +186,7 @@ def caption_files(
 
 def format_captions(result: ImageCaptions) -> str:
     """The seed's output for one image."""
-    lines = [f"Captions for image {os.path.basename(result.file)}:"]
+    lines = [f"Captions for image {printable(os.path.basename(result.file))}:"]
     for i, (sentence, logprob) in enumerate(result.captions):
         lines.append(f"  {i}) {sentence} (p={math.exp(logprob):f})")
     return "\n".join(lines)

@@ -9,9 +9,12 @@ vocabulary built from training captions only.
 
 Beyond the original: the shards are written by a pool of processes (memory stays
 bounded: each worker streams one image at a time and the main process holds only
-file names and captions), a bad image or an empty caption is skipped, named once on
-stderr and counted instead of stopping the run, each shard is written under a
-temporary name and renamed when complete, and `dataset.json` records what was built.
+file names and captions), a bad image (unreadable, not a regular file, not decodable,
+over the pixel limit) or an empty caption is skipped, named once on stderr and counted
+instead of stopping the run, each shard is written under a temporary name and renamed
+when complete, and `dataset.json` records what was built. A malformed caption file is
+an error before any work (see `sources`), and so is a build that would write no
+training pair.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from showtell.data.images import BadImageError, verify_image
+from showtell.data.images import (
+    BadImageError,
+    check_max_pixels,
+    max_image_pixels,
+    printable,
+    read_image_file,
+    verify_image,
+)
 from showtell.data.records import CaptionRecord, encode_caption_record
 from showtell.data.sources import (
     ImageMetadata,
@@ -64,11 +74,13 @@ class BuildConfig:
     unknown_word: str = UNKNOWN_WORD  # the word of out-of-vocabulary ids (not in the file)
     min_word_count: int = 4  # words seen fewer times in training captions become unknown
     word_counts_output_file: Path | None = None  # default: output_dir/word_counts.txt
+    max_pixels: int | None = None  # larger images are skipped; None: max_image_pixels()
 
     def shards(self, split: str) -> int:
         return {"train": self.train_shards, "val": self.val_shards, "test": self.test_shards}[split]
 
     def validate(self) -> None:
+        self.max_pixels = check_max_pixels(self.max_pixels or max_image_pixels())
         if self.num_threads < 1:
             raise ShowtellError(f"--num_threads must be at least 1, got {self.num_threads}")
         for split in ("train", "val", "test"):
@@ -152,7 +164,8 @@ def tokenize_splits(
                         if not words:
                             _warn(
                                 f"Skipping caption of image {image.image_id} "
-                                f"({image.filename}): it tokenizes to nothing: {raw!r}"
+                                f"({printable(str(image.filename))}): it tokenizes to "
+                                f"nothing: {raw!r}"
                             )
                             skipped.append({"image_id": image.image_id, "caption": raw})
                             continue
@@ -173,7 +186,7 @@ def _init_worker(progress: Any) -> None:
     _progress = progress
 
 
-def _write_shard(path: str, pairs: list[_Pair]) -> tuple[str, int, set[int]]:
+def _write_shard(path: str, pairs: list[_Pair], max_pixels: int) -> tuple[str, int, set[int]]:
     """Writes one shard (to `path.tmp`, then renamed); returns (path, records, ids)."""
     tmp = path + ".tmp"
     written, image_ids = 0, set()
@@ -185,13 +198,8 @@ def _write_shard(path: str, pairs: list[_Pair]) -> tuple[str, int, set[int]]:
                 _progress.put(("skip", filename, bad[filename]))
                 continue
             try:
-                with open(filename, "rb") as f:
-                    data = f.read()
-                verify_image(data)
-            except FileNotFoundError:
-                bad[filename] = "file not found"
-            except OSError as e:
-                bad[filename] = f"cannot read file: {e.strerror or e}"
+                data = read_image_file(filename)
+                verify_image(data, max_pixels)
             except BadImageError as e:
                 bad[filename] = str(e)
             if filename in bad:
@@ -239,7 +247,9 @@ def _write_split(
     image_ids: set[int] = set()
     bar = tqdm(total=num_pairs, desc=f"writing {split}", unit="pair", file=sys.stderr)
     results = [
-        pool.apply_async(_write_shard, (str(config.output_dir / name), pairs[begin:end]))
+        pool.apply_async(
+            _write_shard, (str(config.output_dir / name), pairs[begin:end], config.max_pixels)
+        )
         for name, (_, begin, end) in zip(names, plan, strict=True)
     ]
     del pairs  # the workers have their slices; keep the main process small
@@ -263,7 +273,7 @@ def _write_split(
             bar.update()
             if filename not in skipped_files:
                 skipped_files[filename] = reason
-                _warn(f"Skipping file with invalid image data: {filename} ({reason})")
+                _warn(f"Skipping file with invalid image data: {printable(filename)} ({reason})")
         else:
             finished += 1
     for result in results:
@@ -286,8 +296,17 @@ def build_records(
     config: BuildConfig,
     source: dict[str, Any],
 ) -> dict[str, Any]:
-    """Writes all splits, the vocabulary and dataset.json; returns dataset.json's content."""
+    """Writes all splits, the vocabulary and dataset.json; returns dataset.json's content.
+
+    A build with no training image is an error before any work, and one whose every
+    training image was skipped is an error after it (its shards are removed).
+    """
     config.validate()
+    if not splits.get("train"):
+        raise ShowtellError(
+            f"{_source_files(source)}: no image with a caption for the training split "
+            f"({sum(len(images) for images in splits.values()):,} images in all)"
+        )
     config.output_dir.mkdir(parents=True, exist_ok=True)
     vocab_file = config.word_counts_output_file or config.output_dir / "word_counts.txt"
 
@@ -307,6 +326,8 @@ def _build_records(
     progress: Any,
 ) -> dict[str, Any]:
     tokenized, skipped_captions = tokenize_splits(splits, config, pool)
+    if not tokenized["train"]:
+        raise ShowtellError(f"{_source_files(source)}: every training caption tokenizes to nothing")
     vocab = Vocabulary.build(
         (c for _, captions in tokenized["train"] for c in captions),
         config.min_word_count,
@@ -323,6 +344,15 @@ def _build_records(
         split: _write_split(split, images, vocab, config, skipped_files, pool, progress)
         for split, images in tokenized.items()
     }
+    if summaries["train"].pairs == 0:
+        for summary in summaries.values():
+            for name in summary.shards:
+                (config.output_dir / name).unlink(missing_ok=True)
+        raise ShowtellError(
+            f"{_source_files(source)}: no training pair was written: all "
+            f"{summaries['train'].skipped_pairs:,} were skipped for their image files "
+            "(named above); the shards were removed"
+        )
     info = {
         "source": source,
         "splits": {split: asdict(s) for split, s in summaries.items()},
@@ -335,12 +365,18 @@ def _build_records(
             "end_word": config.end_word,
             "unknown_word": config.unknown_word,
         },
+        "max_pixels": config.max_pixels,
         "skipped_files": [{"file": f, "reason": r} for f, r in sorted(skipped_files.items())],
         "skipped_captions": skipped_captions,
     }
     (config.output_dir / DATASET_JSON).write_text(json.dumps(info, indent=2) + "\n")
     print(format_summary(info), flush=True)
     return info
+
+
+def _source_files(source: dict[str, Any]) -> str:
+    """The caption or split files a build reads, for messages."""
+    return ", ".join(printable(str(v)) for k, v in source.items() if k.endswith("_file"))
 
 
 def format_summary(info: dict[str, Any]) -> str:
@@ -370,6 +406,14 @@ def build_mscoco(
     config.validate()
     train = load_coco_captions(train_captions_file, train_image_dir)
     val = load_coco_captions(val_captions_file, val_image_dir)
+    train_ids = {image.image_id for image in train}
+    shared = [image.image_id for image in val if image.image_id in train_ids]
+    if shared:
+        raise ShowtellError(
+            f"{printable(str(val_captions_file))}: {len(shared):,} image ids are in "
+            f"{printable(str(train_captions_file))} too (the first: {shared[0]}); image ids "
+            "must be unique across train and val"
+        )
     source = {
         "kind": "coco-2014-im2txt-split",
         "train_captions_file": str(train_captions_file),

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from PIL import Image, UnidentifiedImageError
 
+from showtell.data.images import printable
 from showtell.data.records import expand_file_patterns, read_caption_records
 
 
@@ -49,10 +50,10 @@ def print_records(pattern: str, limit: int | None, as_json: bool, out: TextIO) -
                 if info["width"]
                 else "NOT A DECODABLE IMAGE"
             )
-            out.write(
+            out.write(  # the file name and tokens escaped: one record, three lines
                 f"image {info['image_id']}: {info['image_bytes']:,} bytes, {size}  "
-                f"[{info['file']}]\n"
-                f"  caption:     {' '.join(info['caption'])}\n"
+                f"[{printable(info['file'])}]\n"
+                f"  caption:     {printable(' '.join(info['caption']))}\n"
                 f"  caption_ids: {' '.join(map(str, info['caption_ids']))}\n"
             )
         count += 1
