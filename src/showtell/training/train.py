@@ -46,7 +46,7 @@ from showtell.data.build import DATASET_JSON
 from showtell.data.dataset import Batch, CaptionDataset, make_loader
 from showtell.data.records import expand_file_patterns, read_records
 from showtell.data.vocab import Vocabulary
-from showtell.encoders import calibrate_batch_norm, encoder_spec, load_pretrained
+from showtell.encoders import calibrate_batch_norm, encoder_entry, load_pretrained
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
 from showtell.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -162,7 +162,7 @@ def resolve_model_config(overrides: dict[str, Any], vocab_size: int) -> ModelCon
     """A fresh model's config: im2txt's defaults, the encoder's input size, the user's
     settings, and the vocabulary's size."""
     encoder = overrides.get("encoder", ModelConfig().encoder)
-    base = {"image": asdict(encoder_spec(encoder).image)}
+    base = {"image": asdict(encoder_entry(encoder).image)}
     merged = {**base, **overrides, "vocab_size": vocab_size}
     if "image" in overrides:
         merged["image"] = {**base["image"], **overrides["image"]}
