@@ -32,7 +32,8 @@ PILLOW_MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 # 8160x6144 = 50.1 Mpx) decodes, while a decompression bomb (a few KB of PNG that
 # decode to 169 Mpx cost 3.2 GB in training) is refused before it is decoded. The model
 # sees 346x346 pixels, so larger images add cost and nothing else: decoding and
-# resizing one image at the limit peaks at about 1 GB (RGB bytes plus float pixels).
+# preprocessing one image at the limit raised peak memory by 0.73 GB (measured, an
+# 8000x6500 PNG), the budget of each process that decodes images.
 MAX_IMAGE_PIXELS = 52_000_000
 MAX_PIXELS_ENV = "SHOWTELL_MAX_PIXELS"
 
