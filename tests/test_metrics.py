@@ -9,35 +9,14 @@ import io
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor import meteor as meteor_module
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from ptb_corpus import image_case, require_java
 from showtell.evaluation import metrics
-from showtell.evaluation.metrics import ptb_tokenize, score_captions
-
-needs_java = pytest.mark.skipif(not metrics.java_available(), reason="needs Java")
-
-CAPTIONS = [
-    "A man riding a wave on top of a surfboard.",
-    "Two dogs, one cat's toy!",
-    'He said "hello" (loudly) -- then left...',
-    "A T-shirt costs $5.99 in the U.S.",
-    "don't can't won't I'm you're they'll",
-    "A dog's ball; a cat: 3 mice?",
-    "",
-    "   ",
-    "A RED Circle and a big blue BOX .",
-    "there are two shapes : a red star , a blue disc",
-    "It's 10:30 a.m. now",
-    "a 1,000-year-old tree",
-    "rock 'n' roll",
-    "a man with a hat/cap",
-    "a 'quoted' word and a dog-and-cat 'friendship'.",
-    "e-mail me at a@b.com or www.example.com.",
-    "#1 best, 100% sure",
-    "A  kitchen\nwith two   ovens",
-]
+from showtell.evaluation.metrics import score_captions
 
 REFERENCES = {
     1: [
@@ -63,38 +42,58 @@ HYPOTHESES = {
 }
 
 
-@needs_java
-def test_python_ptb_tokenizer_matches_stanfords() -> None:
-    with contextlib.redirect_stderr(io.StringIO()):
-        official = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(CAPTIONS)})
-    for i, caption in enumerate(CAPTIONS):
-        assert ptb_tokenize(caption) == official[i][0], caption
-
-
-def _official(references: dict, hypotheses: dict) -> dict[str, float]:
-    """pycocoevalcap's COCOEvalCap, without its COCO-object plumbing."""
+def _official(references: dict, hypotheses: dict, meteor: Meteor | None) -> dict[str, float]:
+    """pycocoevalcap's COCOEvalCap.evaluate, without its COCO-object plumbing: the
+    references and the results tokenized by the Java PTBTokenizer, then the scorers."""
     tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({i: [{"caption": c} for c in refs] for i, refs in references.items()})
-    res = tokenizer.tokenize({i: [{"caption": h}] for i, h in hypotheses.items()})
+    with contextlib.redirect_stderr(io.StringIO()):
+        gts = tokenizer.tokenize(
+            {i: [{"caption": c} for c in refs] for i, refs in references.items()}
+        )
+        res = tokenizer.tokenize({i: [{"caption": h}] for i, h in hypotheses.items()})
     scores = {}
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, _ = Bleu(4).compute_score(gts, res)
     scores.update({f"Bleu_{n + 1}": bleu[n] for n in range(4)})
-    scores["METEOR"], _ = Meteor().compute_score(gts, res)
+    if meteor is not None:
+        scores["METEOR"], _ = meteor.compute_score(gts, res)
     scores["ROUGE_L"], _ = Rouge().compute_score(gts, res)
     scores["CIDEr"], _ = Cider().compute_score(gts, res)
     return scores
 
 
-@needs_java
 def test_metrics_match_the_official_evaluation() -> None:
-    ours = score_captions(REFERENCES, HYPOTHESES)
-    official = _official(REFERENCES, HYPOTHESES)
+    """A small case, all metrics but METEOR (see the next test)."""
+    require_java()
+    ours = score_captions(REFERENCES, HYPOTHESES, meteor=False)
+    official = _official(REFERENCES, HYPOTHESES, meteor=None)
     for name, value in official.items():
         assert ours.corpus[name] == pytest.approx(value, abs=1e-6), name
     # Sanity of the fixture itself: a perfect caption beats an empty one.
     assert ours.per_image["CIDEr"][3] > ours.per_image["CIDEr"][4] == 0.0
     assert 0 < ours.corpus["CIDEr"] < 10 and 0 < ours.corpus["Bleu_4"] < 1
+
+
+@pytest.mark.slow
+def test_metrics_match_the_official_evaluation_on_1000_images(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Captions from the generated corpus (tests/ptb_corpus.py): every metric equals
+    COCOEvalCap's, which tokenizes with the Java PTBTokenizer. One METEOR process serves
+    both (its start-up, loading the paraphrase tables, takes most of this test)."""
+    require_java()
+    references, hypotheses = image_case(1000)
+    meteor = Meteor()
+    monkeypatch.setattr(meteor_module, "Meteor", lambda: meteor)
+    ours = score_captions(references, hypotheses)
+    official = _official(references, hypotheses, meteor)
+    assert set(official) == set(metrics.METRIC_NAMES)
+    for name, value in official.items():
+        tolerance = 1e-3 if name == "METEOR" else 1e-6
+        assert ours.corpus[name] == pytest.approx(value, abs=tolerance), name
+    # Not a degenerate case: every metric is well inside its range.
+    assert all(0.05 < ours.corpus[n] < 0.95 for n in metrics.METRIC_NAMES if n != "CIDEr")
+    assert 0.2 < ours.corpus["CIDEr"] < 5
 
 
 def test_meteor_is_not_computed_without_java(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,77 +1,45 @@
-"""BLEU-1..4, METEOR, ROUGE-L and CIDEr-D as the official COCO caption evaluation
-computes them.
+"""BLEU-1..4, METEOR, ROUGE-L and CIDEr-D exactly as the official COCO caption evaluation
+(pycocoevalcap's COCOEvalCap) computes them, on any caption text.
 
-The scorers are the official ones, from pycocoevalcap: BLEU, ROUGE-L and CIDEr-D (its
-`Cider`: sigma 6, clipped counts, document frequencies from the references of the
-evaluated set) are pure Python; METEOR runs its Java jar and is computed only when
-Java is installed, otherwise reported as not computed (None), never as 0.
+Tokenization is the official one, bit for bit (`ptb_tokenizer`: Stanford's PTBTokenizer
+`-preserveLines -lowerCase` as pycocoevalcap runs it, then its punctuation removal). Its
+Python engine, which runs the lexer's own DFA tables, is used whether or not Java is
+installed: it gives the Java tokenizer's output (tests/test_ptb_tokenizer.py, 20,000+
+generated captions, one JVM run, zero differences) and is faster than the one batched JVM
+call pycocoevalcap makes (20,000 captions: 0.6 s against 1.5 s; 100 captions: 0.2 s
+against 0.5 s). `tokenizer="java"` runs the jar instead.
 
-Before scoring, the official evaluation tokenizes every caption with Stanford's
-PTBTokenizer (Java, `-preserveLines -lowerCase`) and drops punctuation tokens. So
-that the metrics work without Java, `ptb_tokenize` reproduces those rules in Python:
-NLTK's Treebank tokenizer (the same Penn Treebank conventions) plus the few places
-where Stanford's differs (brackets become `-lrb-` etc., which lowercasing keeps out
-of the punctuation list; opening single quotes; `'n'`; abbreviations such as `u.s.`
-at the end; e-mail addresses and URLs kept whole). The tests check it against the
-Java tokenizer on captions with punctuation, quotes, contractions, case and numbers.
+The scorers are the official ones, from pycocoevalcap, run as COCOEvalCap runs them:
+BLEU, ROUGE-L and CIDEr-D (its `Cider`: sigma 6, clipped counts, document frequencies
+from the references of the evaluated set) are pure Python; METEOR runs its Java jar and
+is computed only when Java is installed, otherwise reported as not computed (None),
+never as 0. tests/test_metrics.py checks all seven numbers against pycocoevalcap's own
+pipeline on 1,000 images built from the generated corpus.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from nltk.tokenize import TreebankWordTokenizer
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+
+from showtell.evaluation.ptb_tokenizer import line_breaks, tokenize
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
-
-_TREEBANK = TreebankWordTokenizer()
-_PUNCTUATION = frozenset(PUNCTUATIONS)
-_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
-_CLITICS = frozenset(
-    ["'s", "'m", "'d", "'re", "'ve", "'ll", "'n'", "'n", "'em", "'til", "'tis", "'twas", "'cause"]
-)
-_WHOLE = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+|(https?://|www\.)\S+")
-_ABBREVIATION = re.compile(r"(?:[a-z]\.)+[a-z]")
 
 
 def ptb_tokenize(caption: str) -> str:
     """One caption as the official evaluation sees it: PTB tokens, lowercased, with
     punctuation tokens removed, joined by spaces."""
-    text = caption.replace("\n", " ").lower()
-    kept: list[str] = []
-
-    def protect(match: re.Match[str]) -> str:
-        kept.append(match.group(0).rstrip(".,;:!?"))
-        tail = match.group(0)[len(kept[-1]) :]
-        return f" showtellkept{len(kept) - 1} {tail}"
-
-    text = _WHOLE.sub(protect, text)
-    text = text.replace("'n'", " showtellrocknroll ")
-    tokens: list[str] = []
-    for token in _TREEBANK.tokenize(text):
-        if token.startswith("showtellkept"):
-            tokens.append(kept[int(token[12:])])
-        elif token == "showtellrocknroll":
-            tokens.append("'n'")
-        elif (
-            token[0] == "'" and len(token) > 1 and token not in _CLITICS and not token[1].isdigit()
-        ):
-            tokens += ["'", token[1:]]  # an opening quote
-        else:
-            tokens.append(_BRACKETS.get(token, token))
-    if len(tokens) >= 2 and tokens[-1] == "." and _ABBREVIATION.fullmatch(tokens[-2]):
-        tokens[-2] += "."  # Stanford keeps "u.s." whole at the end of a sentence
-    return " ".join(t for t in tokens if t not in _PUNCTUATION)
+    return tokenize({0: [caption]})[0][0]
 
 
 def java_available() -> bool:
@@ -142,13 +110,31 @@ def score_captions(
     references: Mapping[Hashable, Sequence[str]],
     hypotheses: Mapping[Hashable, str],
     meteor: bool | None = None,
+    tokenizer: str = "python",
 ) -> Scores:
-    """Raw captions -> PTB-tokenized (as the official evaluation) -> scores."""
-    return score_tokenized(
-        {i: [ptb_tokenize(c) for c in refs] for i, refs in references.items()},
-        {i: ptb_tokenize(h) for i, h in hypotheses.items()},
-        meteor,
-    )
+    """Raw captions -> the official tokenization -> the official scores.
+
+    As in COCOEvalCap, references and hypotheses are tokenized as two batches in the
+    order given (which matters only for captions with line breaks, see below)."""
+    shifting = line_breaks([c for refs in references.values() for c in refs])
+    shifting += line_breaks(list(hypotheses.values()))
+    if shifting:
+        print(
+            f"warning: {len(shifting)} captions hold a line break other than \\n (e.g. "
+            f"{shifting[0]!r}); the official tokenization splits them into lines and so "
+            "shifts the captions after them onto other images' tokens: so do these scores",
+            file=sys.stderr,
+        )
+    gts = tokenize(references, tokenizer)
+    res = tokenize({i: [h] for i, h in hypotheses.items()}, tokenizer)
+    lost = len(set(references) - set(gts)) + len(set(hypotheses) - set(res))
+    if lost:  # the official evaluation then fails (an assertion in its scorers)
+        example = f" (e.g. {shifting[0]!r})" if shifting else ""
+        raise ValueError(
+            f"line breaks inside captions{example} leave {lost} images without tokens "
+            "in the official tokenization"
+        )
+    return score_tokenized(gts, {i: hyps[0] for i, hyps in res.items()}, meteor)
 
 
 def format_scores(scores: Scores) -> str:
