@@ -102,11 +102,12 @@ class Encoder(nn.Module):
         self.label_head: nn.Linear | None = None
         # [-1, 1] -> (x01 - mean) / std as one multiply-add, x01 = (x + 1) / 2; skipped
         # when it is the identity (Inception), so that those features stay bit-exact.
-        mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in entry.norm)
-        scale, shift = 0.5 / std, (0.5 - mean) / std
-        self.normalize = not (torch.all(scale == 1) and torch.all(shift == 0))
-        self.register_buffer("scale", scale.float(), persistent=False)
-        self.register_buffer("shift", shift.float(), persistent=False)
+        mean, std = entry.norm
+        scale = [0.5 / s for s in std]
+        shift = [(0.5 - m) / s for m, s in zip(mean, std, strict=True)]
+        self.normalize = scale != [1.0] * 3 or shift != [0.0] * 3
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
 
     def add_label_head(self, slots: int, classes: int) -> None:
         """A linear classifier on the features, `classes` per slot (see the module doc)."""
