@@ -15,12 +15,14 @@ JSON, TensorBoard scalars and an HTML gallery, worst CIDEr-D first.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ def evaluate_perplexity(
     with (
         torch.inference_mode(),
         tqdm(total=num_eval_examples, desc="perplexity", unit="ex", file=sys.stderr) as bar,
+        _one_line_worker_errors(),
     ):
         for batch in loader:
             take = min(len(batch), num_eval_examples - examples)
@@ -87,6 +90,21 @@ def evaluate_perplexity(
     if words == 0:
         raise ShowtellError("no evaluation examples were read")
     return Perplexity(checkpoint.step, math.exp(total_loss / words), words, examples)
+
+
+@contextlib.contextmanager
+def _one_line_worker_errors() -> Iterator[None]:
+    """A DataLoader worker's exception comes back re-raised with the worker's whole
+    traceback as its message ("Caught RecordError in DataLoader worker process 0.
+    Original Traceback ..."): keep the error's own line, which names the shard."""
+    try:
+        yield
+    except ShowtellError as e:
+        text = str(e).rstrip()
+        if "DataLoader worker" not in text or "Traceback" not in text:
+            raise
+        prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
+        raise ShowtellError(text.splitlines()[-1].removeprefix(prefix)) from None
 
 
 def run_perplexity_loop(
@@ -148,37 +166,86 @@ def run_perplexity_loop(
 # --- caption metrics ------------------------------------------------------------------
 
 
-def load_references(annotations: Path) -> dict[int, list[str]]:
-    """Raw reference captions by image id from a COCO-format caption file."""
+def _read_json(path: Path, what: str) -> Any:
     try:
-        data = json.loads(annotations.read_text())
-        references: dict[int, list[str]] = {}
-        for a in data["annotations"]:
-            references.setdefault(int(a["image_id"]), []).append(str(a["caption"]))
-        return references
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ShowtellError(f"{annotations}: not a COCO caption file ({e})") from e
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ShowtellError(f"{path}: not {what} ({e})") from e
+
+
+def _image_id(value: Any, path: Path, where: str) -> int:
+    if type(value) is not int:  # not 202.5, "202" or true, which COCO's tools do not match
+        raise ShowtellError(f"{path}: {where}: image_id {_short(value)} is not an integer")
+    return value
+
+
+def _caption(value: Any, path: Path, where: str) -> str:
+    if not isinstance(value, str):
+        raise ShowtellError(f"{path}: {where}: caption {_short(value)} is not a string")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def load_references(annotations: Path) -> dict[int, list[str]]:
+    """Raw reference captions by image id from a COCO-format caption file, images in the
+    order of its "images" list (COCO's getImgIds(), the official evaluation's order)."""
+    data = _read_json(annotations, "a COCO caption file")
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise ShowtellError(f'{annotations}: not a COCO caption file (no "annotations" list)')
+    references: dict[int, list[str]] = {}
+    for n, a in enumerate(data["annotations"]):
+        where = f"annotation {n}"
+        if not isinstance(a, dict) or "image_id" not in a or "caption" not in a:
+            raise ShowtellError(f'{annotations}: {where} has no "image_id" and "caption"')
+        image_id = _image_id(a["image_id"], annotations, where)
+        references.setdefault(image_id, []).append(_caption(a["caption"], annotations, where))
+    images = data.get("images")
+    order = [i["id"] for i in images if isinstance(i, dict)] if isinstance(images, list) else []
+    ordered = {i: references[i] for i in order if type(i) is int and i in references}
+    return ordered | references
 
 
 def load_results(results_file: Path) -> dict[int, str]:
-    """A COCO results file: [{"image_id": ..., "caption": ...}]."""
-    try:
-        data = json.loads(results_file.read_text())
-        return {int(r["image_id"]): str(r["caption"]) for r in data}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ShowtellError(
-            f"{results_file}: not a COCO results file ([{{'image_id', 'caption'}}]): {e}"
-        ) from e
+    """A COCO results file: [{"image_id": ..., "caption": ...}], one caption per image."""
+    what = "a COCO results file ([{'image_id', 'caption'}])"
+    data = _read_json(results_file, what)
+    if not isinstance(data, list):
+        raise ShowtellError(f"{results_file}: not {what}: the top level is not a list")
+    if not data:
+        raise ShowtellError(f"{results_file}: no results to score (an empty list)")
+    results: dict[int, str] = {}
+    for n, r in enumerate(data):
+        where = f"entry {n}"
+        if not isinstance(r, dict) or "image_id" not in r or "caption" not in r:
+            raise ShowtellError(f'{results_file}: {where} has no "image_id" and "caption"')
+        image_id = _image_id(r["image_id"], results_file, where)
+        if image_id in results:
+            raise ShowtellError(
+                f"{results_file}: {where}: image {image_id} has a second caption "
+                "(the official evaluation takes one per image)"
+            )
+        results[image_id] = _caption(r["caption"], results_file, where)
+    return results
 
 
 def score_results(results: dict[int, str], references: dict[int, list[str]], source: str) -> Scores:
+    """The official metrics of one caption per image against its references, images in
+    the references' order (the official evaluation's)."""
     missing = [i for i in results if i not in references]
     if missing:
         raise ShowtellError(
             f"{source}: {len(missing)} result image ids have no reference captions "
             f"(e.g. {missing[:3]})"
         )
-    return score_captions({i: references[i] for i in results}, results)
+    ids = [i for i in references if i in results]
+    try:
+        return score_captions({i: references[i] for i in ids}, {i: results[i] for i in ids})
+    except ValueError as e:  # text the tokenizer cannot take, or captions it shifted away
+        raise ShowtellError(f"{source}: {e}") from e
 
 
 def caption_split(
