@@ -19,7 +19,7 @@ from showtell.data.preprocess import ImagePreprocessor
 from showtell.inference import Captioner
 
 uvicorn = pytest.importorskip("uvicorn")
-from showtell.serve import ServeLimits, create_app  # noqa: E402
+from showtell.serve import ServeLimits, create_app, uvicorn_config  # noqa: E402
 
 
 def _png(colour: tuple[int, int, int], size: tuple[int, int] = (40, 40)) -> bytes:
@@ -40,7 +40,7 @@ def server(tiny_checkpoint: Path) -> Iterator[tuple[str, Captioner, object]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn_config(app, "127.0.0.1", port, limits, log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -102,11 +102,27 @@ def test_endpoints_order_and_errors(server) -> None:
     response = httpx.post(f"{url}/v1/captions", data={"x": "y"}, timeout=60)
     assert response.status_code == 422  # no images field
 
-    def chunks():  # a streamed body of unstated length
-        yield b"x" * 1000
+    # A streamed (chunked) body of unstated length is counted as it arrives.
+    def streamed(name: str, data: bytes) -> httpx.Response:
+        form = httpx.Request("POST", url, files=[("images", (name, data))])
+        body = form.read()
+        chunks = (body[i : i + 1000] for i in range(0, len(body), 1000))
+        response = httpx.post(
+            f"{url}/v1/captions",
+            content=chunks,
+            headers={"content-type": form.headers["content-type"]},
+            timeout=60,
+        )
+        assert "content-length" not in response.request.headers
+        return response
 
-    response = httpx.post(f"{url}/v1/captions", content=chunks(), timeout=60)
-    assert response.status_code == 411 and "Content-Length" in response.json()["error"]
+    response = streamed("red.png", red)
+    captions = [c["caption"] for c in response.json()["results"][0]["captions"]]
+    assert captions == _expected(captioner, red)
+    response = streamed("big.png", b"x" * 500_000)
+    assert response.status_code == 413 and response.json() == {
+        "error": "request body is over the limit of 400,000 bytes"
+    }
 
 
 def test_fifty_concurrent_requests_are_batched(server) -> None:

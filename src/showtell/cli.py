@@ -685,11 +685,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_mb * 2**20,
         max_images=args.max_images,
         max_pixels=args.max_pixels,
+        max_request_pixels=args.max_request_pixels,
+        exact_pixels=args.exact_pixels,
+        decode_workers=args.decode_workers,
+        max_pending=args.max_pending,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
     )
     serve(captioner, args.host, args.port, limits)
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be over 0 seconds, got {text}")
+    return value
 
 
 def _add_serve_command(sub: Any) -> None:
@@ -703,6 +717,19 @@ def _add_serve_command(sub: Any) -> None:
     _flag(p, "max_images", type=_positive_int, default=16, help="images per request")
     _flag(p, "max_request_mb", type=_positive_int, default=32, help="request size limit")
     _flag(p, "max_pixels", type=_positive_int, default=40_000_000, help="per image")
+    _flag(p, "max_request_pixels", type=_positive_int, default=200_000_000, help="per request")
+    _flag(
+        p,
+        "exact_pixels",
+        type=_positive_int,
+        default=16_000_000,
+        help="larger images are box-reduced to at most this many pixels before resizing",
+    )
+    _flag(p, "decode_workers", type=_positive_int, default=2, help="images decoded at a time")
+    _flag(p, "max_pending", type=_positive_int, default=64, help="decoded images waiting")
+    _flag(p, "header_timeout", type=_positive_seconds, default=10.0, help="seconds")
+    _flag(p, "body_timeout", type=_positive_seconds, default=60.0, help="seconds")
+    _flag(p, "max_connections", type=_positive_int, default=256, help="more get a 503")
     _add_beam_flags(p)
     p.set_defaults(func=_cmd_serve)
 

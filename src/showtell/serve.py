@@ -12,39 +12,72 @@ Requests that arrive together are captioned together: every image goes into one
 queue, and a single worker takes up to `max_batch` images at a time (waiting at most
 `max_wait_ms` for more) and runs the batched beam search on them.
 
-Safety: binds 127.0.0.1 unless told otherwise; the request size, the number of
-images per request and each image's decoded pixels are capped (413/422 with a JSON
-body naming the problem); no file-system paths are accepted from clients; uvicorn
-finishes in-flight requests on shutdown.
+Memory is bounded by design, not by the clients' goodwill (`ServeLimits`, and the
+README's serve section for the worst case they imply):
+- a request's body is counted on the bytes actually read, whatever its headers say
+  (Content-Length together with Transfer-Encoding is a 400, as HTTP/1.1 requires);
+  uploads are spooled to disk past 64 KiB per file;
+- a request's images may hold at most `max_request_pixels` (their headers are read
+  before anything is decoded), each at most `max_pixels`;
+- at most `decode_workers` images are read and decoded at a time, server-wide, and at
+  most `max_pending` decoded images wait for the model; an image over `exact_pixels`
+  is box-reduced by an integer factor right after decoding (images up to it are
+  preprocessed exactly as `run-inference` does), and large decodes are handed back to
+  the operating system (`malloc_trim`);
+- headers must arrive within `header_timeout_s` and the body within `body_timeout_s`
+  (slow clients are closed), and at most `max_connections` are served at a time (503).
+Safety otherwise: binds 127.0.0.1 unless told otherwise; no file-system paths are
+accepted from clients; uvicorn finishes in-flight requests on shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import math
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import numpy as np
 import torch
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+from starlette.formparsers import MultiPartParser
 
 from showtell import __version__
-from showtell.data.images import BadImageError
-from showtell.data.preprocess import ImagePreprocessor, decode_rgb
+from showtell.data.images import BadImageError, load_rgb
+from showtell.data.preprocess import ImagePreprocessor
 from showtell.generation import Caption
 from showtell.inference import Captioner
+
+# An uploaded file is held in memory up to this size, then spooled to a temporary file
+# (Starlette's default is 1 MiB per file, i.e. up to 16 MiB per connection).
+UPLOAD_SPOOL_BYTES = 64 * 2**10
+MultiPartParser.spool_max_size = UPLOAD_SPOOL_BYTES
 
 
 @dataclass
 class ServeLimits:
-    max_request_bytes: int = 32 * 2**20  # the whole multipart request
+    """What one client can make the server hold; each is a `showtell serve` flag."""
+
+    max_request_bytes: int = 32 * 2**20  # the whole body, counted as it is read
     max_images: int = 16  # images per request
     max_pixels: int = 40_000_000  # decoded pixels per image
+    max_request_pixels: int = 200_000_000  # decoded pixels of all images of a request
+    exact_pixels: int = 16_000_000  # larger images are box-reduced to at most this
+    decode_workers: int = 2  # images read and decoded at a time, server-wide
+    max_pending: int = 64  # decoded images waiting for the model, server-wide
     max_batch: int = 32  # images per beam-search batch
     max_wait_ms: float = 10.0  # how long a batch waits to fill
+    header_timeout_s: float = 10.0  # from connection (or last response) to full headers
+    body_timeout_s: float = 60.0  # from the headers to the end of the body
+    max_connections: int = 256  # open connections; more are answered 503
 
 
 class MicroBatcher:
@@ -95,6 +128,8 @@ class MicroBatcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            finally:
+                del images
             self.batches += 1
             self.images += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
@@ -107,32 +142,201 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
+# --- the HTTP layer: body size, body deadline, header deadline ----------------------------
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class RequestGuard:
+    """Pure ASGI middleware: the body is counted and timed as it is read.
+
+    A client's headers are not trusted: a Content-Length over the limit is refused at
+    once, but the cap is enforced on the bytes that arrive (chunked bodies included),
+    and the whole body must arrive within `body_timeout_s` of the headers. A refusal
+    closes the connection (`Connection: close`); the application then sees the client
+    as gone, and whatever it tries to send is dropped.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limits: ServeLimits):
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.max_request_bytes
+        lengths = [v for k, v in scope["headers"] if k.lower() == b"content-length"]
+        chunked = any(k.lower() == b"transfer-encoding" for k, _ in scope["headers"])
+        if lengths and chunked:
+            await _refuse(send, 400, "send Content-Length or Transfer-Encoding, not both")
+            return
+        if lengths and lengths[0].isdigit() and int(lengths[0]) > limit:
+            await _refuse(send, 413, _too_large(limit, int(lengths[0])))
+            return
+
+        deadline = time.monotonic() + self.limits.body_timeout_s
+        received = 0
+        refused = False
+        body_done = not chunked and (not lengths or lengths[0] == b"0")
+
+        async def guarded_receive() -> Message:
+            nonlocal received, refused, body_done
+            if refused:
+                return {"type": "http.disconnect"}
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                refused = True
+                await _refuse(
+                    send, 408, f"the request body took over {self.limits.body_timeout_s:g} s"
+                )
+                return {"type": "http.disconnect"}
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > limit:
+                    refused = True
+                    await _refuse(send, 413, _too_large(limit))
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if refused:
+                return
+            if message["type"] == "http.response.start" and not body_done:
+                # Answered before the body was read (an error): close rather than let
+                # the server read and discard whatever the client still sends.
+                message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+            await send(message)
+
+        await self.app(scope, guarded_receive, guarded_send)
+
+
+_CLOSE = (b"connection", b"close")
+
+
+def _too_large(limit: int, declared: int | None = None) -> str:
+    size = f"request of {declared:,} bytes" if declared is not None else "request body"
+    return f"{size} is over the limit of {limit:,} bytes"
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    response = _error(status, message)
+    response.headers["connection"] = "close"
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing connections whose headers take over `timeout_s`.
+
+    uvicorn times out idle keep-alive connections (and restarts that clock on every
+    byte) but not a request's headers: a client sending half a request line, or one
+    byte every few seconds, would hold its connection for ever. Here a clock starts
+    when the connection opens and again after each response; when it runs out and no
+    request is in the application's hands, the connection is closed. Requests in the
+    application's hands are timed by `RequestGuard`.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(timeout_s, self._header_timer_expired)
+
+        def _header_timer_expired(self) -> None:
+            self._header_timer = None
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11Protocol
+
+
+# --- decoding under a memory bound ---------------------------------------------------------
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only
+TRIM_AFTER_PIXELS = 2_000_000  # decodes this large give their memory back at once
+
+
+def release_freed_memory() -> None:
+    """Returns freed heap memory to the operating system (glibc keeps it otherwise).
+
+    Pillow allocates decoded images in 16 MiB blocks, below glibc's mmap threshold
+    once it has grown, so they land in the decoding thread's malloc arena and stay
+    resident after being freed.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def declared_pixels(upload: UploadFile) -> int:
+    """The pixels an uploaded image says it has (its header only; 0 if unreadable)."""
+    try:
+        with Image.open(upload.file) as image:
+            width, height = image.size
+        return width * height
+    except Exception:  # not an image: it fails alone when it is decoded
+        return 0
+    finally:
+        upload.file.seek(0)
+
+
+def reduction_factor(width: int, height: int, exact_pixels: int, min_size: tuple[int, int]) -> int:
+    """The integer factor that brings an image to at most `exact_pixels` (1: as it is).
+
+    The reduced image stays at least `min_size` (height, width), the model's resize
+    size, so that it is never upsampled where the full one would not have been.
+    """
+    if width * height <= exact_pixels:
+        return 1
+    factor = math.ceil(math.sqrt(width * height / exact_pixels))
+    return max(1, min(factor, height // min_size[0], width // min_size[1]))
+
+
 def create_app(captioner: Captioner, limits: ServeLimits | None = None) -> FastAPI:
     limits = limits or ServeLimits()
     batcher = MicroBatcher(captioner, limits.max_batch, limits.max_wait_ms)
     preprocess = ImagePreprocessor(captioner.image_config, training=False)
+    resize_size = (captioner.image_config.resize_height, captioner.image_config.resize_width)
+    decoder = ThreadPoolExecutor(max_workers=limits.decode_workers, thread_name_prefix="decode")
+    decode_slots = asyncio.Semaphore(limits.decode_workers)  # bytes are read only in a slot
+    pending_slots = asyncio.Semaphore(limits.max_pending)
 
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         batcher.start()
         yield
         await batcher.stop()
+        decoder.shutdown(wait=True)
 
     app = FastAPI(title="showtell", version=__version__, lifespan=lifespan)
     app.state.batcher = batcher
-
-    @app.middleware("http")
-    async def cap_request_size(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if request.method == "POST" and (length is None or not length.isdigit()):
-            # A streamed (chunked) body could be of any size: ask for its length.
-            return _error(411, "send a Content-Length header with the request")
-        if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
-            return _error(
-                413,
-                f"request of {int(length):,} bytes is over the limit of "
-                f"{limits.max_request_bytes:,} bytes",
-            )
-        return await call_next(request)
+    app.add_middleware(RequestGuard, limits=limits)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -153,16 +357,33 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None) -> FastA
         }
 
     def prepare(data: bytes) -> torch.Tensor:
-        image = decode_rgb(data, apply_exif_orientation=True, max_pixels=limits.max_pixels)
-        return preprocess.from_uint8(image)
+        """Bytes -> the model's input; the decoded image lives only inside this call."""
+        image = load_rgb(data, apply_exif_orientation=True, max_pixels=limits.max_pixels)
+        pixels = image.width * image.height
+        factor = reduction_factor(image.width, image.height, limits.exact_pixels, resize_size)
+        if factor > 1:
+            image = image.reduce(factor)
+        array = np.array(image)  # (H, W, 3) uint8, as decode_rgb gives
+        del image
+        x = preprocess.from_uint8(torch.from_numpy(array).permute(2, 0, 1))
+        del array
+        if pixels >= TRIM_AFTER_PIXELS:
+            release_freed_memory()
+        return x
 
     async def caption_one(upload: UploadFile) -> dict[str, Any]:
         name = upload.filename or ""
-        try:
-            image = await run_in_threadpool(prepare, await upload.read())
-        except BadImageError as e:
-            return {"file": name, "error": str(e)}
-        captions = await batcher.caption(image)
+        async with pending_slots:
+            async with decode_slots:
+                data = await upload.read()
+                try:
+                    image = await asyncio.get_running_loop().run_in_executor(decoder, prepare, data)
+                except BadImageError as e:
+                    return {"file": name, "error": str(e)}
+                finally:
+                    del data
+            captions = await batcher.caption(image)
+            del image
         return {
             "file": name,
             "captions": [
@@ -183,6 +404,13 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None) -> FastA
             return _error(
                 413, f"{len(images)} images in one request; the limit is {limits.max_images}"
             )
+        pixels = sum(await run_in_threadpool(lambda: [declared_pixels(u) for u in images]))
+        if pixels > limits.max_request_pixels:
+            return _error(
+                413,
+                f"the request's images hold {pixels:,} pixels; "
+                f"the limit is {limits.max_request_pixels:,} per request",
+            )
         results = await asyncio.gather(*(caption_one(upload) for upload in images))
         return {"results": list(results)}
 
@@ -193,10 +421,27 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None) -> FastA
     return app
 
 
+def uvicorn_config(app: FastAPI, host: str, port: int, limits: ServeLimits, **kwargs: Any):  # type: ignore[no-untyped-def]
+    """uvicorn's settings for `app` under `limits` (the tests serve with these too)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=header_timeout_protocol(limits.header_timeout_s),
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=5,  # an idle connection between requests (uvicorn's default)
+        h11_max_incomplete_event_size=16 * 2**10,  # request line + headers (h11's default)
+        timeout_graceful_shutdown=30,
+        **kwargs,
+    )
+
+
 def serve(captioner: Captioner, host: str, port: int, limits: ServeLimits) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(captioner, limits), host=host, port=port, timeout_graceful_shutdown=30)
+    uvicorn.Server(uvicorn_config(create_app(captioner, limits), host, port, limits)).run()
 
 
 PAGE = """<!doctype html>
