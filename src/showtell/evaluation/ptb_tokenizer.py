@@ -10,8 +10,9 @@ Two interchangeable engines produce the tokenizer's output text:
   differed on ~5% of COCO-style captions), the port runs the DFA's own tables, read at
   first use from `PTBLexer.class` inside the same jar (it is in the pycocoevalcap
   package, with or without Java), with JFlex 1.5.1's scanning loop and general
-  lookahead, and the rule actions transcribed from `PTBLexer.flex` for the options
-  pycocoevalcap uses (ptb3Escaping defaults, tokenizeNLs, untokenizable=firstDelete).
+  lookahead, and the rule actions (numbered as in the generated PTBLexer.java of CoreNLP
+  v3.4.1) transcribed for the options pycocoevalcap uses (ptb3Escaping defaults,
+  tokenizeNLs, untokenizable=firstDelete).
   Like Java it works on UTF-16 code units, so characters outside the BMP (emoji) are
   deleted as untokenizable, as Java deletes them.
 
@@ -22,8 +23,10 @@ captions. Other line breaks the lexer knows (\\r, \\u2028, \\x0b, \\x0c, \\x85, 
 start a new output line and shift every later caption onto its neighbour's tokens, in
 the official evaluation and so here (`line_breaks` finds such captions).
 
-tests/test_ptb_tokenizer.py compares the two engines on a generated corpus of 20,000+
-captions in one JVM run (zero differences).
+tests/test_ptb_tokenizer.py compares the Python engine with pycocoevalcap's own
+tokenizer (Java) on a generated corpus of 20,000 captions in one JVM run: zero
+differences. The Python engine is also the faster (25,000 captions: 1.5 s against 2.5 s
+for the JVM call; 1,000: 0.03 s against 0.6 s; plus 0.2 s once to read the tables).
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ import pycocoevalcap.tokenizer.ptbtokenizer as _official
 PUNCTUATIONS = frozenset(_official.PUNCTUATIONS)
 JAR = Path(_official.__file__).with_name(_official.STANFORD_CORENLP_3_4_1_JAR)
 _LEXER_CLASS = "edu/stanford/nlp/process/PTBLexer.class"
-_TABLE_FIELDS = ("ZZ_CMAP_PACKED", "ZZ_ACTION_PACKED_0", "ZZ_ROWMAP_PACKED_0")
+_MAIN = "edu.stanford.nlp.process.PTBTokenizer"
 _TRANS_FIELDS = tuple(f"ZZ_TRANS_PACKED_{i}" for i in range(9))
 _ATTRIBUTE_FIELD = "ZZ_ATTRIBUTE_PACKED_0"
+_SIZES = (0x10000, 4058, 4058, 472250, 4058)  # the generated PTBLexer.java's arrays
 _INITIAL_STATE = 2  # ZZ_LEXSTATE[YyTraditionalTreebank3] (strictTreebank3 is off)
 # The lexer's line breaks (its NEWLINE macro): each one is a new output line.
 _LINE_BREAK = re.compile("[\r\n\u2028\u2029\x0b\x0c\x85]")
@@ -134,8 +138,8 @@ def _tables() -> tuple[list[int], list[int], list[int], list[int], list[int]]:
         attribute = _run_length(constants[_ATTRIBUTE_FIELD])
     except (OSError, KeyError, zipfile.BadZipFile, struct.error) as e:
         raise TokenizerError(f"{JAR}: cannot read the PTB lexer's tables ({e!r})") from e
-    if len(cmap) != 0x10000 or not len(action) == len(rowmap) == len(attribute):
-        raise TokenizerError(f"{JAR}: unexpected PTB lexer tables")
+    if (len(cmap), len(action), len(rowmap), len(trans), len(attribute)) != _SIZES:
+        raise TokenizerError(f"{JAR}: not the PTB lexer of CoreNLP 3.4.1 (other table sizes)")
     return cmap, action, rowmap, trans, attribute
 
 
@@ -239,9 +243,9 @@ _LOOKAHEAD = {24: (13, 14), 30: (3, 4), 40: (5, 6), 41: (16, 17), 43: (15, 14)}
 _LOOKAHEAD.update({44: (9, 10), 47: (7, 8), 49: (11, 12)})
 
 
-def _lex(text: str) -> str:
-    """PTBTokenizer's output for `text`: tokens lowercased and separated by spaces, a
-    newline for each line break (-preserveLines -lowerCase)."""
+def python_output(text: str) -> str:
+    """The Java tokenizer's standard output for `text`, computed in Python: tokens
+    lowercased and separated by spaces, a newline for each line break."""
     cmap, action, rowmap, trans, attribute = _tables()
     data = text.encode("utf-16-le")
     units = struct.unpack(f"<{len(data) // 2}H", data)  # Java's chars
@@ -298,7 +302,9 @@ def _lex(text: str) -> str:
         if not begin_line:
             out.append(" ")
         begin_line = False
-        out.append(token.lower())  # Java's toLowerCase(Locale.ENGLISH) agrees on these
+        # Java's toLowerCase(Locale.ENGLISH); Python's agrees on every code point but 40
+        # letters that Unicode 14 added (Java 17 knows Unicode 13).
+        out.append(token.lower())
     # Pairs split across tokens can only be lone halves, which Java's UTF-8 writer turns
     # into '?'.
     result = "".join(out).encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
@@ -327,14 +333,9 @@ def _lookahead(units: Sequence[int], start: int, marked: int, forward: int, back
     return pos
 
 
-def python_output(text: str) -> str:
-    """The Java tokenizer's standard output for `text`, computed in Python."""
-    return _lex(text)
-
-
 def java_output(text: str) -> str:
-    """The Java tokenizer's standard output for `text`, from the jar, as pycocoevalcap
-    runs it (a temporary file beside the jar is not needed: the file is read as UTF-8)."""
+    """The Java tokenizer's standard output for `text`: the jar run as pycocoevalcap runs
+    it, on a UTF-8 file (in the temporary directory, not beside the jar)."""
     java = shutil.which("java")
     if java is None:
         raise TokenizerError("the Java tokenizer needs Java (e.g. apt-get install default-jre)")
@@ -342,8 +343,7 @@ def java_output(text: str) -> str:
         f.write(text.encode())
     try:
         done = subprocess.run(
-            [java, "-cp", str(JAR), "edu.stanford.nlp.process.PTBTokenizer"]
-            + ["-preserveLines", "-lowerCase", f.name],
+            [java, "-cp", str(JAR), _MAIN, "-preserveLines", "-lowerCase", f.name],
             capture_output=True,
             timeout=600,
         )
@@ -391,4 +391,5 @@ def tokenize(
 def line_breaks(captions: Sequence[str]) -> list[str]:
     """The captions with a line break other than '\\n': in the official evaluation (and so
     here) each one shifts the captions after it onto their neighbours' tokens."""
-    return [c for c in captions if _LINE_BREAK.search(c.replace("\n", " "))]
+    # A final "\r" and the joining "\n" make one line break: that one shifts nothing.
+    return [c for c in captions if _LINE_BREAK.search(c.replace("\n", " ").removesuffix("\r"))]
