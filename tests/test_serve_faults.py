@@ -29,6 +29,9 @@ from showtell.inference import Captioner
 pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
+# One server process for the module (a few seconds to start), and timeouts to wait out.
+pytestmark = pytest.mark.slow
+
 MAX_REQUEST_BYTES = 2**20
 MAX_PIXELS = 4_000_000
 MAX_REQUEST_PIXELS = 40_000_000
@@ -169,13 +172,24 @@ def server(tiny_checkpoint: Path) -> Iterator[Server]:
         process.wait(timeout=30)
 
 
-def test_content_length_with_chunked_is_refused(server: Server) -> None:
+def test_ambiguous_or_oversized_headers_are_refused(server: Server) -> None:
     response = server.request(
         b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n" + b"64\r\n" + b"x" * 100 + b"\r\n0\r\n\r\n"
     )
     assert status_line(response) == "HTTP/1.1 400 Bad Request"
     assert b"not both" in response
+    response = server.request(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 20_000 + b"\r\n\r\n"
+    )
+    assert status_line(response) == "HTTP/1.1 431 Request Header Fields Too Large"
+    with server.connect() as sock:  # the same headers in pieces: h11's own limit
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # closed: answered
+            for _ in range(20):
+                sock.sendall(b"y" * 1000)
+                time.sleep(0.01)
+        assert status_line(read_until_closed(sock)) == "HTTP/1.1 400 Bad Request"
 
 
 def test_body_over_the_cap_is_refused_on_the_bytes_read(server: Server) -> None:
@@ -212,13 +226,27 @@ def test_body_over_the_cap_is_refused_on_the_bytes_read(server: Server) -> None:
     assert server.status("VmRSS") - rss_before < 16 * 2**20
 
 
+def test_form_parts_over_the_limits_are_refused(server: Server) -> None:
+    """Parts are held in memory up to 64 KiB each: their number is capped as they arrive."""
+    png = _png(Image.new("RGB", (8, 8)))
+    response = server.request(post([(f"{i}.png", png) for i in range(17)]))
+    assert status_line(response) == "HTTP/1.1 413 Request Entity Too Large"
+    assert "at most 16 images" in json_body(response)["error"]
+    body = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\n' + b"x" * 1000
+    body += b"\r\n--b--\r\n"
+    response = server.request(
+        b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        b"boundary=b\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    assert status_line(response) == "HTTP/1.1 413 Request Entity Too Large"
+
+
 def _clear_peak(server: Server) -> int:
     """Resets the server's VmHWM to its current RSS (Linux: clear_refs 5)."""
     Path(f"/proc/{server.process.pid}/clear_refs").write_text("5")
     return server.status("VmRSS")
 
 
-@pytest.mark.slow
 def test_pixel_bombs_are_decoded_within_the_memory_bound(server: Server) -> None:
     bomb = bomb_png(2000, 2000)  # 4 Mpx, each at the per-image limit
     assert len(bomb) < 20_000

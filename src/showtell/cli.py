@@ -717,19 +717,55 @@ def _add_serve_command(sub: Any) -> None:
     _flag(p, "max_images", type=_positive_int, default=16, help="images per request")
     _flag(p, "max_request_mb", type=_positive_int, default=32, help="request size limit")
     _flag(p, "max_pixels", type=_positive_int, default=40_000_000, help="per image")
-    _flag(p, "max_request_pixels", type=_positive_int, default=200_000_000, help="per request")
+    _flag(
+        p,
+        "max_request_pixels",
+        type=_positive_int,
+        default=200_000_000,
+        help="pixels of all images of a request (default: %(default)s)",
+    )
     _flag(
         p,
         "exact_pixels",
         type=_positive_int,
         default=16_000_000,
-        help="larger images are box-reduced to at most this many pixels before resizing",
+        help="larger images are box-reduced to at most this many pixels (default: %(default)s)",
     )
-    _flag(p, "decode_workers", type=_positive_int, default=2, help="images decoded at a time")
-    _flag(p, "max_pending", type=_positive_int, default=64, help="decoded images waiting")
-    _flag(p, "header_timeout", type=_positive_seconds, default=10.0, help="seconds")
-    _flag(p, "body_timeout", type=_positive_seconds, default=60.0, help="seconds")
-    _flag(p, "max_connections", type=_positive_int, default=256, help="more get a 503")
+    _flag(
+        p,
+        "decode_workers",
+        type=_positive_int,
+        default=2,
+        help="images decoded at a time (default: %(default)s)",
+    )
+    _flag(
+        p,
+        "max_pending",
+        type=_positive_int,
+        default=64,
+        help="decoded images waiting for the model (default: %(default)s)",
+    )
+    _flag(
+        p,
+        "header_timeout",
+        type=_positive_seconds,
+        default=10.0,
+        help="seconds for a request's headers to arrive (default: %(default)s)",
+    )
+    _flag(
+        p,
+        "body_timeout",
+        type=_positive_seconds,
+        default=60.0,
+        help="seconds for a request's body to arrive (default: %(default)s)",
+    )
+    _flag(
+        p,
+        "max_connections",
+        type=_positive_int,
+        default=256,
+        help="open connections; more get a 503 (default: %(default)s)",
+    )
     _add_beam_flags(p)
     p.set_defaults(func=_cmd_serve)
 

@@ -40,15 +40,16 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
-from starlette.formparsers import MultiPartParser
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from showtell import __version__
 from showtell.data.images import BadImageError, load_rgb
@@ -60,6 +61,27 @@ from showtell.inference import Captioner
 # (Starlette's default is 1 MiB per file, i.e. up to 16 MiB per connection).
 UPLOAD_SPOOL_BYTES = 64 * 2**10
 MultiPartParser.spool_max_size = UPLOAD_SPOOL_BYTES
+
+UPLOAD_SCHEMA = {  # the form is parsed by hand (under limits): its schema for /docs
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or more image files",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 @dataclass
@@ -170,6 +192,10 @@ class RequestGuard:
         limit = self.limits.max_request_bytes
         lengths = [v for k, v in scope["headers"] if k.lower() == b"content-length"]
         chunked = any(k.lower() == b"transfer-encoding" for k, _ in scope["headers"])
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            # h11 refuses longer headers (400) only when they arrive in pieces.
+            await _refuse(send, 431, f"request headers over {MAX_HEADER_BYTES:,} bytes")
+            return
         if lengths and chunked:
             await _refuse(send, 400, "send Content-Length or Transfer-Encoding, not both")
             return
@@ -216,6 +242,7 @@ class RequestGuard:
 
 
 _CLOSE = (b"connection", b"close")
+MAX_HEADER_BYTES = 16 * 2**10  # h11's limit on headers arriving in pieces, applied to all
 
 
 def _too_large(limit: int, declared: int | None = None) -> str:
@@ -396,23 +423,48 @@ def create_app(captioner: Captioner, limits: ServeLimits | None = None) -> FastA
             ],
         }
 
-    @app.post("/v1/captions", response_model=None)
-    async def captions(
-        images: Annotated[list[UploadFile], File(description="one or more image files")],
-    ) -> dict[str, Any] | JSONResponse:
-        if len(images) > limits.max_images:
-            return _error(
-                413, f"{len(images)} images in one request; the limit is {limits.max_images}"
-            )
-        pixels = sum(await run_in_threadpool(lambda: [declared_pixels(u) for u in images]))
-        if pixels > limits.max_request_pixels:
+    async def read_form(request: Request) -> list[UploadFile] | JSONResponse:
+        """The request's images, parsed under the limits (at most `max_images` files,
+        each spooled to disk past 64 KiB, and no text fields, which are held in memory)."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return _error(422, 'send the images as multipart/form-data, in the field "images"')
+        parser = MultiPartParser(
+            request.headers, request.stream(), max_files=limits.max_images, max_fields=0
+        )
+        try:
+            form = await parser.parse()
+        except MultiPartException as e:
             return _error(
                 413,
-                f"the request's images hold {pixels:,} pixels; "
-                f"the limit is {limits.max_request_pixels:,} per request",
+                f"{e.message} Send at most {limits.max_images} images, in the field "
+                '"images", and nothing else.',
             )
-        results = await asyncio.gather(*(caption_one(upload) for upload in images))
-        return {"results": list(results)}
+        except Exception as e:  # malformed multipart, or the client went away
+            return _error(400, f"cannot read the multipart form: {e}")
+        images = [u for u in form.getlist("images") if isinstance(u, UploadFile)]
+        if not images:
+            await form.close()
+            return _error(422, 'no images: send them in the multipart field "images"')
+        return images
+
+    @app.post("/v1/captions", response_model=None, openapi_extra=UPLOAD_SCHEMA)
+    async def captions(request: Request) -> dict[str, Any] | JSONResponse:
+        images = await read_form(request)
+        if isinstance(images, JSONResponse):
+            return images
+        try:
+            pixels = sum(await run_in_threadpool(lambda: [declared_pixels(u) for u in images]))
+            if pixels > limits.max_request_pixels:
+                return _error(
+                    413,
+                    f"the request's images hold {pixels:,} pixels; "
+                    f"the limit is {limits.max_request_pixels:,} per request",
+                )
+            results = await asyncio.gather(*(caption_one(upload) for upload in images))
+            return {"results": list(results)}
+        finally:
+            for upload in images:
+                await upload.close()
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -432,7 +484,7 @@ def uvicorn_config(app: FastAPI, host: str, port: int, limits: ServeLimits, **kw
         http=header_timeout_protocol(limits.header_timeout_s),
         limit_concurrency=limits.max_connections,
         timeout_keep_alive=5,  # an idle connection between requests (uvicorn's default)
-        h11_max_incomplete_event_size=16 * 2**10,  # request line + headers (h11's default)
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # request line + headers
         timeout_graceful_shutdown=30,
         **kwargs,
     )
