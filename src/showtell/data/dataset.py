@@ -8,12 +8,20 @@ same way on every reader), otherwise every reader walks all shards and keeps eve
 n-th record. In training a shuffle buffer mixes records across shards; im2txt held
 2 x 2300 serialized records, and the buffer here is that size split among the local
 workers, so memory does not grow with the number of workers.
+
+Resuming mid-epoch is exact: every example carries its reader and its place in that
+reader's shuffled stream, each batch the place of its last example, and an
+`EpochPosition` (records consumed per reader, the reader due next) restores the rest
+of the epoch as it would have come: each reader shuffles from the start again and
+skips what was consumed, without decoding it (its distortions are seeded by the
+place, not drawn in sequence), and the DataLoader's round robin over its workers
+starts at the reader that was due next.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +44,8 @@ class Example:
     image: torch.Tensor | bytes  # (3, H, W) float in [-1, 1], or the encoded bytes
     caption_ids: torch.Tensor  # (L,) int64, `<S>` ... `</S>`
     image_id: int
+    # (local reader, records of its shuffled stream consumed up to and including this)
+    source: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -48,6 +58,7 @@ class Batch:
     target_seqs: torch.Tensor  # (B, T) int64
     mask: torch.Tensor  # (B, T) int32, 1 where a target is real
     image_ids: torch.Tensor  # (B,) int64
+    source: tuple[int, int] | None = None  # its last example's (reader, records consumed)
 
     def pin_memory(self) -> Batch:
         return Batch(
@@ -56,6 +67,7 @@ class Batch:
             self.target_seqs.pin_memory(),
             self.mask.pin_memory(),
             self.image_ids.pin_memory(),
+            self.source,
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -69,6 +81,7 @@ class Batch:
             move(self.target_seqs),
             move(self.mask),
             move(self.image_ids),
+            self.source,
         )
 
     def __len__(self) -> int:
@@ -103,7 +116,8 @@ def collate_examples(examples: Sequence[Example]) -> Batch:
         else [e.image for e in examples]
     )
     image_ids = torch.tensor([e.image_id for e in examples], dtype=torch.int64)
-    return Batch(stacked, input_seqs, target_seqs, mask, image_ids)  # type: ignore[arg-type]
+    source = examples[-1].source
+    return Batch(stacked, input_seqs, target_seqs, mask, image_ids, source)  # type: ignore[arg-type]
 
 
 def _distributed_position() -> tuple[int, int]:
@@ -127,12 +141,21 @@ def _shuffle_buffer(
     yield from buffer
 
 
+@dataclass
+class EpochPosition:
+    """How far an epoch has been read: records of each local reader's (DataLoader
+    worker's) shuffled stream consumed, and the reader whose batch comes next."""
+
+    consumed: list[int]
+    next_reader: int = 0
+
+
 class CaptionDataset(IterableDataset):
     """Iterates over the image-caption records of the shards matching `file_pattern`.
 
     Yields `Example`s with preprocessed images (or the encoded bytes when
     `decode_images` is False). Call `set_epoch` before each epoch in training so the
-    shuffle differs between epochs.
+    shuffle differs between epochs, and to resume mid-epoch, with its `EpochPosition`.
     """
 
     def __init__(
@@ -155,19 +178,23 @@ class CaptionDataset(IterableDataset):
         self.decode_images = decode_images
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.skip_records = 0  # per reader, at the start of the epoch (resuming mid-epoch)
+        self.position: EpochPosition | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, position: EpochPosition | None = None) -> None:
+        """Selects the epoch's shuffle; `position` resumes it where it was left."""
+        self.epoch, self.position = epoch, position
 
-    def _reader(self) -> tuple[int, int, int]:
-        """(this reader's index, number of readers, local workers)."""
+    def _reader(self) -> tuple[int, int, int, int]:
+        """(this reader's index, number of readers, local reader index, local readers).
+        The DataLoader's round robin starts at its worker 0: worker 0 takes the local
+        reader due next, so that a resumed epoch interleaves batches as before."""
         rank, world_size = _distributed_position()
         rank = self.rank if self.rank is not None else rank
         world_size = self.world_size if self.world_size is not None else world_size
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * workers + worker, world_size * workers, workers
+        local = (worker + (self.position.next_reader if self.position else 0)) % workers
+        return rank * workers + local, world_size * workers, local, workers
 
     def _records(self, reader: int, readers: int) -> Iterator[CaptionRecord]:
         files = list(self.files)
@@ -185,31 +212,45 @@ class CaptionDataset(IterableDataset):
                     index += 1
 
     def __iter__(self) -> Iterator[Example]:
-        reader, readers, workers = self._reader()
+        reader, readers, local, workers = self._reader()
+        if self.position is not None and len(self.position.consumed) != workers:
+            raise ValueError(f"position of {len(self.position.consumed)} readers, not {workers}")
+        skip = self.position.consumed[local] if self.position is not None else 0
         rng = random.Random(f"{self.seed}:{self.epoch}:{reader}")
-        records = itertools.islice(self._records(reader, readers), self.skip_records, None)
+        records = self._records(reader, readers)
+        distortions = rng.getrandbits(64)  # drawn before the lazy shuffle uses rng
         if self.training and self.shuffle_buffer > 1:
             records = _shuffle_buffer(records, max(1, self.shuffle_buffer // workers), rng)
-        preprocess = ImagePreprocessor(self.image_config, self.training, seed=rng.random())
-        for record in records:
-            if len(record.caption_ids) < 2:
-                continue  # not even <S> </S>: nothing to predict
+        preprocess = ImagePreprocessor(self.image_config, self.training)
+        for index, record in enumerate(records):
+            if index < skip or len(record.caption_ids) < 2:
+                continue  # consumed before a resume; or not even <S> </S>: nothing to predict
             image: torch.Tensor | bytes = record.image_data
             if self.decode_images:
+                preprocess.rng.seed(distortions + index)  # by place: skipping needs no draws
                 try:
                     image = preprocess(record.image_data)
                 except BadImageError as e:
                     print(f"warning: skipping image {record.image_id}: {e}", file=sys.stderr)
                     continue
-            yield Example(
-                image, torch.tensor(record.caption_ids, dtype=torch.int64), record.image_id
-            )
+            caption = torch.tensor(record.caption_ids, dtype=torch.int64)
+            yield Example(image, caption, record.image_id, (local, index + 1))
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader workers leave SIGINT and SIGTERM to the main process, which stops at
+    a step boundary and shuts them down (a worker killed by a scheduler's SIGTERM would
+    otherwise raise an error in the main process in the middle of its final save)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(
     dataset: CaptionDataset, batch_size: int, num_workers: int, pin_memory: bool = False
 ) -> DataLoader:
-    """A DataLoader of im2txt batches over `dataset`."""
+    """A DataLoader of im2txt batches over `dataset`. It has its own generator: making
+    its iterator draws a seed from it, and from the global RNG (dropout's) without one,
+    which would make a resumed run's dropout differ from an uninterrupted run's."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -218,4 +259,6 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(0),
     )

@@ -8,6 +8,10 @@ the features are stored as float16 in a memory-mapped `.npy` beside the caption 
 of every training pair. The cache folder's name is a hash of the encoder's weights,
 the preprocessing and the shard files (path, size, mtime), so any change builds a
 new cache and an unchanged setup reuses the old one across runs and train_dirs.
+A cache is written under `.tmp-KEY-PID@HOST` and renamed into place; such folders
+left by killed builds are removed by the next build, and a failed build removes its
+own. Building consumes nothing of the global RNG, so a run that builds the cache and
+one that reuses it train identically.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.records import read_caption_records
 from showtell.encoders import Encoder
+from showtell.errors import ShowtellError
+from showtell.training.checkpoint import remove_stale_temporaries, temporary_name
 
 FEATURES_FILE = "features.npy"
 PAIRS_FILE = "pairs.npz"
@@ -148,6 +154,7 @@ def build_feature_cache(
 ) -> FeatureCache:
     """Returns the cache for this encoder, preprocessing and data; builds it if missing."""
     directory = cache_root / cache_key(encoder, image, files)
+    remove_stale_temporaries(cache_root)
     if (directory / META_FILE).is_file():
         print(f"Feature cache: reusing {directory}", flush=True)
         return FeatureCache.open(directory)
@@ -168,17 +175,67 @@ def build_feature_cache(
 
     # Pass 2: encode each chosen image once.
     cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = cache_root / f".tmp-{directory.name}-{os.getpid()}"
+    tmp = cache_root / temporary_name(directory.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _encode(tmp, files, chosen, len(rows), encoder, image, device, num_workers, batch_size)
+        np.savez(
+            tmp / PAIRS_FILE,
+            image_ids=np.asarray(list(rows), dtype=np.int64),  # dicts keep insertion order
+            pair_rows=np.asarray(pair_rows, dtype=np.int64),
+            caption_offsets=np.asarray(offsets, dtype=np.int64),
+            caption_ids=np.asarray(ids, dtype=np.int64),
+        )
+        meta = {
+            "encoder": encoder.name,
+            "image": dataclasses.asdict(image),
+            "files": [str(p) for p in files],
+            "images": len(rows),
+            "pairs": len(pair_rows),
+            "feature_dim": encoder.output_dim,
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if directory.exists():  # another process finished first: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, directory)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            message = f"{cache_root}: cannot write the feature cache: {e.strerror or e}"
+            raise ShowtellError(message) from e
+        raise
+    print(
+        f"Feature cache: {len(rows):,} images, {len(pair_rows):,} pairs -> {directory}", flush=True
+    )
+    return FeatureCache.open(directory)
+
+
+def _encode(
+    tmp: Path,
+    files: list[Path],
+    chosen: dict[tuple[int, int], int],
+    num_images: int,
+    encoder: Encoder,
+    image: ImageConfig,
+    device: torch.device,
+    num_workers: int,
+    batch_size: int,
+) -> None:
+    """Encodes each chosen image into `tmp`'s features file."""
+    needed = num_images * encoder.output_dim * 2
+    if shutil.disk_usage(tmp).free < needed + (1 << 20):  # a memory map on a full disk: SIGBUS
+        raise ShowtellError(f"{tmp.parent}: {needed:,} bytes of features do not fit on the disk")
     features = np.lib.format.open_memmap(
-        tmp / FEATURES_FILE, mode="w+", dtype=np.float16, shape=(len(rows), encoder.output_dim)
+        tmp / FEATURES_FILE, mode="w+", dtype=np.float16, shape=(num_images, encoder.output_dim)
     )
     loader = DataLoader(
         _FirstOccurrences(files, chosen, image),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),  # leaves the global RNG (dropout's) alone
     )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -187,7 +244,7 @@ def build_feature_cache(
     with (
         torch.inference_mode(),
         autocast,
-        tqdm(total=len(rows), desc="caching features", unit="img", file=sys.stderr) as bar,
+        tqdm(total=num_images, desc="caching features", unit="img", file=sys.stderr) as bar,
     ):
         for batch_rows, images in loader:
             out = encoder(images.to(device, non_blocking=True)).float()
@@ -195,27 +252,3 @@ def build_feature_cache(
             bar.update(len(batch_rows))
     features.flush()
     del features
-    np.savez(
-        tmp / PAIRS_FILE,
-        image_ids=np.asarray(list(rows), dtype=np.int64),  # dicts keep insertion order
-        pair_rows=np.asarray(pair_rows, dtype=np.int64),
-        caption_offsets=np.asarray(offsets, dtype=np.int64),
-        caption_ids=np.asarray(ids, dtype=np.int64),
-    )
-    meta = {
-        "encoder": encoder.name,
-        "image": dataclasses.asdict(image),
-        "files": [str(p) for p in files],
-        "images": len(rows),
-        "pairs": len(pair_rows),
-        "feature_dim": encoder.output_dim,
-    }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    if directory.exists():  # another process finished first: keep theirs
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, directory)
-    print(
-        f"Feature cache: {len(rows):,} images, {len(pair_rows):,} pairs -> {directory}", flush=True
-    )
-    return FeatureCache.open(directory)

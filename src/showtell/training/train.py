@@ -9,8 +9,15 @@ Schedule (im2txt's): plain SGD, batch 32, learning rate 2.0 halved every 8 epoch
 norm 5. `--number_of_steps` is the global step to stop at, across phases.
 
 Resume vs initialise: a train_dir that holds a checkpoint is resumed exactly (weights,
-optimizer, step, RNG states, data position); otherwise the model is initialised and
-the encoder weights file is used (step 0 only, as in the seed). The log says which.
+optimizer, step, and each process's RNG states and data position: the same batches
+and the same weights as an uninterrupted run, given the same number of processes and
+`--num_workers`); otherwise the model is initialised and the encoder weights file is
+used (step 0 only, as in the seed). The log says which. A train_dir whose checkpoints
+are all damaged is an error, not a fresh start.
+
+SIGINT and SIGTERM (a scheduler's preemption) stop training at the next step
+boundary with a checkpoint of that step; a second signal does not interrupt the save.
+Then SIGINT raises KeyboardInterrupt (the CLI exits 130) and SIGTERM exits 143.
 
 Many processes (`torchrun --nproc_per_node=N -m showtell train ...`): DDP, NCCL on
 GPUs and gloo on CPUs. Each process takes `--batch_size` pairs a step, so the
@@ -27,7 +34,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,13 +52,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from showtell.config import ModelConfig, TrainConfig, model_config_from_dict
 from showtell.data.build import DATASET_JSON
-from showtell.data.dataset import Batch, CaptionDataset, make_loader
+from showtell.data.dataset import Batch, CaptionDataset, EpochPosition, make_loader
 from showtell.data.records import expand_file_patterns, read_records
 from showtell.data.vocab import Vocabulary
 from showtell.encoders import calibrate_batch_norm, encoder_entry, load_pretrained
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
-from showtell.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from showtell.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from showtell.training.features import FeatureCache, build_feature_cache, default_cache_root
 
 # --- processes and devices -------------------------------------------------------------
@@ -195,13 +209,35 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _rank_state(state: dict[str, Any], process: Process) -> dict[str, Any]:
+    """This process's {"data": position, "rng": states} in a saved training state."""
+    ranks = state.get("ranks")
+    if ranks is None:  # older checkpoints: one position and rank 0's RNG for all
+        return {
+            "data": {"epoch": state["epoch"], "position": state["position"]},
+            "rng": state["rng"],
+        }
+    if len(ranks) == process.world_size:
+        return ranks[process.rank]
+    _say(
+        process,
+        f"warning: the checkpoint was written by {len(ranks)} process(es), this run has "
+        f"{process.world_size}: each starts epoch {ranks[0]['data']['epoch']} from its start",
+    )
+    return {"data": {"epoch": ranks[0]["data"]["epoch"]}, "rng": ranks[0]["rng"]}
+
+
 # --- data streams ------------------------------------------------------------------------
+
+
+# Both streams are endless iterators over epochs that keep their position current
+# (`state`, after each batch taken) and can be put back there (`restore`).
 
 
 class CachedBatches:
     """Phase 1 from the feature cache: each epoch a fresh permutation of all pairs
     (seeded by epoch), cut into batches, every rank taking its own slice of each
-    step's effective batch. Exact to resume: (epoch, batch) is the whole position."""
+    step's effective batch. (epoch, batches taken) is the whole position."""
 
     def __init__(self, cache: FeatureCache, batch_size: int, process: Process, seed: int):
         self.cache, self.batch_size, self.process, self.seed = cache, batch_size, process, seed
@@ -211,40 +247,117 @@ class CachedBatches:
                 f"{cache.num_pairs} training pairs are fewer than one effective batch of "
                 f"{batch_size * process.world_size}"
             )
+        self.epoch, self.position = 0, 0
 
-    def __call__(self, epoch: int, start: int) -> Iterator[Batch]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.cache.num_pairs, generator=g).numpy()
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state.get("position", 0))
+
+    def __iter__(self) -> Iterator[Batch]:
         b, world = self.batch_size, self.process.world_size
-        for step in range(start, self.steps_per_epoch):
-            first = (step * world + self.process.rank) * b
-            yield self.cache.batch(np.sort(order[first : first + b]))
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.cache.num_pairs, generator=g).numpy()
+            while self.position < self.steps_per_epoch:
+                first = (self.position * world + self.process.rank) * b
+                self.position += 1
+                yield self.cache.batch(np.sort(order[first : first + b]))
+            self.epoch, self.position = self.epoch + 1, 0
 
 
 class RecordBatches:
-    """Phase 2 (or `--no-feature-cache`): images decoded and distorted from the shards."""
+    """Phase 2 (or `--no-feature-cache`): images decoded and distorted from the shards.
+    The position is the epoch and its `EpochPosition` (records each DataLoader worker
+    has consumed from its shuffled stream, the worker due next), read off the batches."""
 
     def __init__(
         self, files: list[Path], model_config: ModelConfig, config: TrainConfig, process: Process
     ):
         self.dataset = CaptionDataset(
-            [str(f) for f in files], model_config.image, training=True, seed=config.seed
+            [str(f) for f in files],
+            model_config.image,
+            training=True,
+            seed=config.seed,
+            rank=process.rank,
+            world_size=process.world_size,
         )
         self.batch_size, self.config, self.process = config.batch_size, config, process
         self.steps_per_epoch = count_pairs(files) / (config.batch_size * process.world_size)
+        self.readers = max(1, config.num_workers)
+        self.epoch, self.position = 0, EpochPosition([0] * self.readers)
 
-    def __call__(self, epoch: int, start: int) -> Iterator[Batch]:
-        self.dataset.set_epoch(epoch)
-        # Resuming mid-epoch: each reader skips its share of what was already consumed.
-        readers = max(1, self.config.num_workers)
-        self.dataset.skip_records = start * self.batch_size // readers
-        loader = make_loader(
-            self.dataset,
-            self.batch_size,
-            self.config.num_workers,
-            pin_memory=self.process.device.type == "cuda",
-        )
-        yield from loader
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "consumed": list(self.position.consumed),
+            "next_reader": self.position.next_reader,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        consumed = state.get("consumed")
+        if consumed is not None and len(consumed) == self.readers:
+            self.position = EpochPosition([int(c) for c in consumed], int(state["next_reader"]))
+        else:  # older checkpoints: batches taken in the epoch, dealt round robin
+            taken, n = int(state.get("position", 0)), self.readers
+            consumed = [len(range(r, taken, n)) * self.batch_size for r in range(n)]
+            self.position = EpochPosition(consumed, taken % n)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            position = self.position
+            self.dataset.set_epoch(
+                self.epoch, EpochPosition(list(position.consumed), position.next_reader)
+            )
+            loader = make_loader(
+                self.dataset,
+                self.batch_size,
+                self.config.num_workers,
+                pin_memory=self.process.device.type == "cuda",
+            )
+            for batch in loader:
+                assert batch.source is not None
+                reader, consumed = batch.source
+                position.consumed[reader] = consumed
+                position.next_reader = (reader + 1) % self.readers
+                yield batch
+            self.epoch, self.position = self.epoch + 1, EpochPosition([0] * self.readers)
+
+
+class StopSignals:
+    """While training: SIGINT and SIGTERM only note that a stop was asked; the loop
+    stops at the next step boundary and saves. Notes the first signal's number. Only
+    the main thread can take signals; elsewhere nothing is installed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _note(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _gather(value: Any, process: Process) -> list[Any]:
+    """Every rank's `value`, in rank order (on every rank)."""
+    if process.world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * process.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -280,7 +393,10 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
     random.seed(config.seed)
 
     # Resume, or initialise.
-    checkpoint_path = latest_checkpoint(train_dir) if train_dir.exists() else None
+    if process.is_main:
+        for leftover in remove_stale_temporaries(train_dir):
+            _say(process, f"Removed {leftover.name}, left by a run that was killed while saving")
+    checkpoint_path = latest_checkpoint(train_dir, strict=True) if train_dir.exists() else None
     if checkpoint_path is not None:
         checkpoint = load_checkpoint(checkpoint_path)
         if checkpoint.vocab.words != vocab.words:
@@ -373,13 +489,13 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
     parameters = [p for p in model.parameters() if p.requires_grad]
     lr = learning_rate(global_step, config, batches.steps_per_epoch)
     optimizer = OPTIMIZERS[config.optimizer](parameters, lr)
-    epoch, position = 0, 0
     if state is not None:
         same_phase = bool(state.get("train_inception")) == config.train_inception
         if same_phase:
             optimizer.load_state_dict(state["optimizer"])
-            epoch, position = int(state["epoch"]), int(state["position"])
-            _set_rng_state(state["rng"])
+            mine = _rank_state(state, process)
+            batches.restore(mine["data"])
+            _set_rng_state(mine["rng"])
         else:
             _say(
                 process,
@@ -401,14 +517,16 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
 
         writer = SummaryWriter(str(train_dir))
 
-    def save(step: int) -> Path:
+    def save(step: int) -> Path | None:
+        """A checkpoint of this step (on every rank: each hands rank 0 its position)."""
+        ranks = _gather({"data": batches.state(), "rng": _rng_state()}, process)
+        if not process.is_main:
+            return None
         train_state = {
             "global_step": step,
             "train_inception": config.train_inception,
-            "epoch": epoch,
-            "position": position,
             "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(),
+            "ranks": ranks,  # each process's data position and RNG states, by rank
         }
         info = {"train_inception": config.train_inception, "train_config": asdict(config)}
         return save_checkpoint(
@@ -433,16 +551,13 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
     start_time = last_save_time = time.time()
     window_start, window_captions, window_loss, window_steps = time.time(), 0, 0.0, 0
     last_checkpoint: Path | None = checkpoint_path
+    saved_step = global_step if checkpoint is not None else -1
     loss_value = float("nan")
-    stream = batches(epoch, position)
-    try:
+    stream = iter(batches)
+    stopping = False
+    with StopSignals() as stop:
         while global_step < config.number_of_steps:
-            batch = next(stream, None)
-            if batch is None:  # end of an epoch
-                epoch, position = epoch + 1, 0
-                stream = batches(epoch, position)
-                continue
-            batch = batch.to(process.device, non_blocking=True)
+            batch = next(stream).to(process.device, non_blocking=True)
             lr = learning_rate(global_step, config, batches.steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -457,7 +572,6 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
             torch.nn.utils.clip_grad_norm_(parameters, config.clip_gradients)
             optimizer.step()
             global_step += 1
-            position += 1
             loss_value = batch_loss.item()
             if not math.isfinite(loss_value):
                 raise ShowtellError(
@@ -488,22 +602,36 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
                 window_start, window_captions, window_loss, window_steps = time.time(), 0, 0.0, 0
 
             now = time.time()
-            due = (
-                config.save_interval_steps and global_step % config.save_interval_steps == 0
-            ) or (config.save_interval_secs and now - last_save_time >= config.save_interval_secs)
-            if due and global_step < config.number_of_steps:
-                if process.is_main:
-                    last_checkpoint = save(global_step)
-                last_save_time = now
-    except KeyboardInterrupt:
-        if process.is_main:
-            last_checkpoint = save(global_step)
-            print(f"Interrupted: saved {last_checkpoint}", file=sys.stderr)
-        raise
+            by_steps = bool(config.save_interval_steps) and (
+                global_step % config.save_interval_steps == 0
+            )
+            by_time = bool(config.save_interval_secs) and (
+                now - last_save_time >= config.save_interval_secs
+            )
+            stopping = stop.signum is not None
+            if process.world_size > 1:  # every rank saves (and stops) at the same step
+                flags = torch.tensor(
+                    [float(by_time and process.is_main), float(stopping)], device=process.device
+                )
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                by_time, stopping = bool(flags[0]), bool(flags[1])
+            if stopping:
+                break
+            if (by_steps or by_time) and global_step < config.number_of_steps:
+                last_checkpoint = save(global_step) or last_checkpoint
+                saved_step, last_save_time = global_step, now
+        if saved_step != global_step:  # the final save; a signal now waits for it
+            last_checkpoint = save(global_step) or last_checkpoint
     if process.is_main:
-        last_checkpoint = save(global_step)
         assert writer is not None
         writer.close()
+    if stopping:
+        signum = stop.signum or signal.SIGTERM  # another rank's signal: stop all the same
+        name = signal.Signals(signum).name
+        _say(process, f"Stopped by {name} at step {global_step}: saved {last_checkpoint}")
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
     seconds = time.time() - start_time
     summary = {
         "global_step": global_step,
