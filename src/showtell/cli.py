@@ -533,13 +533,15 @@ def _add_run_inference_command(sub: Any) -> None:
         p,
         "checkpoint_path",
         required=True,
-        help="a checkpoint folder, or a train_dir (its newest complete checkpoint)",
+        help="a checkpoint folder, or a train_dir (its newest complete checkpoint); or "
+        "im2txt's: its train dir or a model.ckpt-N (with --vocab_file)",
     )
     _flag(
         p,
         "vocab_file",
         default=None,
-        help="optional: the checkpoint carries its vocabulary; if given, must match it",
+        help="word_counts.txt: required for an im2txt (TensorFlow) checkpoint; a showtell "
+        "checkpoint carries its own (if given, must match it)",
     )
     _flag(p, "input_files", required=True, help="comma-separated files and globs")
     _flag(p, "batch_size", type=_positive_int, default=32, help="images per batch")
@@ -566,7 +568,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from showtell.evaluation.evaluate import evaluate_metrics
         from showtell.inference import Captioner
 
-        captioner = Captioner(args.checkpoint_dir, device=args.device, **_beam_settings(args))
+        captioner = Captioner(
+            args.checkpoint_dir,
+            vocab_file=args.vocab_file,
+            device=args.device,
+            **_beam_settings(args),
+        )
         evaluate_metrics(
             captioner,
             args.input_file_pattern,
@@ -589,6 +596,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
+        vocab_file=args.vocab_file,
     )
     return 0
 
@@ -604,6 +612,13 @@ def _add_evaluate_command(sub: Any) -> None:
     )
     _flag(p, "input_file_pattern", required=True, help="e.g. DIR/val-?????-of-00004")
     _flag(p, "checkpoint_dir", type=Path, required=True, help="a train_dir or checkpoint folder")
+    _flag(
+        p,
+        "vocab_file",
+        default=None,
+        help="word_counts.txt: required for an im2txt (TensorFlow) checkpoint; a showtell "
+        "checkpoint carries its own (if given, must match it)",
+    )
     _flag(p, "eval_dir", type=Path, required=True, help="where results and events go")
     _flag(p, "eval_interval_secs", type=float, default=600, help="(default: %(default)s)")
     _flag(p, "min_global_step", type=int, default=5000, help="(default: %(default)s)")
@@ -659,7 +674,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from showtell.config import InferenceConfig
     from showtell.export import export_onnx
 
-    out = export_onnx(args.checkpoint_path, args.output, InferenceConfig(**_beam_settings(args)))
+    out = export_onnx(
+        args.checkpoint_path,
+        args.output,
+        InferenceConfig(**_beam_settings(args)),
+        vocab_file=args.vocab_file,
+    )
     print(f"Exported {args.checkpoint_path} to {out} (encoder.onnx, step.onnx)")
     return 0
 
@@ -667,6 +687,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _add_export_command(sub: Any) -> None:
     p = sub.add_parser("export", help="export a checkpoint for deployment (ONNX)")
     _flag(p, "checkpoint_path", required=True, help="a checkpoint folder or a train_dir")
+    _flag(
+        p,
+        "vocab_file",
+        default=None,
+        help="word_counts.txt: required for an im2txt (TensorFlow) checkpoint; a showtell "
+        "checkpoint carries its own (if given, must match it)",
+    )
     p.add_argument("--format", choices=["onnx"], default="onnx", help="(default: %(default)s)")
     p.add_argument("--output", type=Path, required=True, help="folder to write")
     _add_beam_flags(p)
@@ -680,7 +707,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from showtell.inference import Captioner
     from showtell.serve import ServeLimits, serve
 
-    captioner = Captioner(args.checkpoint_path, device=args.device, **_beam_settings(args))
+    captioner = Captioner(
+        args.checkpoint_path,
+        vocab_file=args.vocab_file,
+        device=args.device,
+        **_beam_settings(args),
+    )
     limits = ServeLimits(
         max_request_bytes=args.max_request_mb * 2**20,
         max_images=args.max_images,
@@ -709,6 +741,13 @@ def _positive_seconds(text: str) -> float:
 def _add_serve_command(sub: Any) -> None:
     p = sub.add_parser("serve", help="captions over HTTP (JSON API and a web page)")
     _flag(p, "checkpoint_path", required=True, help="a checkpoint folder or a train_dir")
+    _flag(
+        p,
+        "vocab_file",
+        default=None,
+        help="word_counts.txt: required for an im2txt (TensorFlow) checkpoint; a showtell "
+        "checkpoint carries its own (if given, must match it)",
+    )
     _flag(p, "host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     _flag(p, "port", type=int, default=8000, help="(default: %(default)s)")
     _flag(p, "device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
@@ -770,6 +809,32 @@ def _add_serve_command(sub: Any) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+# --- im2txt's checkpoints -----------------------------------------------------------------
+
+
+def _cmd_convert_im2txt_checkpoint(args: argparse.Namespace) -> int:
+    from showtell.tf_import.im2txt import convert_im2txt_checkpoint
+
+    out = convert_im2txt_checkpoint(args.checkpoint_path, args.vocab_file, args.output_dir)
+    print(f"Wrote {out} from {args.checkpoint_path} (a showtell checkpoint: no TensorFlow needed)")
+    return 0
+
+
+def _add_convert_im2txt_checkpoint_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert-im2txt-checkpoint",
+        help="convert an im2txt (TensorFlow) checkpoint into a showtell checkpoint",
+        description="Reads an im2txt model (its train dir, or a model.ckpt-N prefix or V1 "
+        "file; any TensorFlow version's LSTM names) with its vocabulary and writes it as "
+        "a showtell checkpoint in --output_dir, which every command then reads without "
+        "TensorFlow.",
+    )
+    _flag(p, "checkpoint_path", required=True, help="im2txt's train dir or a model.ckpt-N")
+    _flag(p, "vocab_file", required=True, help="the word_counts.txt it was trained with")
+    _flag(p, "output_dir", type=Path, required=True, help="a train_dir to write it into")
+    p.set_defaults(func=_cmd_convert_im2txt_checkpoint)
+
+
 # --- demo --------------------------------------------------------------------------------
 
 
@@ -799,6 +864,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_score_command,
     _add_export_command,
     _add_serve_command,
+    _add_convert_im2txt_checkpoint_command,
     _add_demo_command,
 )
 

@@ -17,6 +17,7 @@ from typing import Any
 from showtell.errors import ShowtellError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+RESIZE_METHODS = ("torchvision", "tf1")  # see ImageConfig.resize_method
 
 
 def opt(default: Any, help: str) -> Any:
@@ -37,6 +38,12 @@ class ImageConfig:
     resize_width: int = opt(346, "images are resized to this first (aspect not kept)")
     height: int = opt(299, "...then cropped to this: the encoder's input height")
     width: int = opt(299, "...then cropped to this: the encoder's input width")
+    resize_method: str = opt(
+        "torchvision",
+        "bilinear resize: torchvision (pixel centres aligned) or tf1 (TensorFlow 1's "
+        "resize_bilinear, as im2txt: its captions and probabilities exactly; the default "
+        "for models imported from TensorFlow)",
+    )
     random_flip: bool = opt(True, "training: horizontal flip with probability 0.5")
     colour_distortion: bool = opt(True, "training: random brightness/saturation/hue/contrast")
     brightness_max_delta: float = opt(32.0 / 255.0, "added to every pixel, uniform in +-delta")
@@ -47,6 +54,10 @@ class ImageConfig:
     def __post_init__(self) -> None:
         self.saturation_range = tuple(self.saturation_range)  # type: ignore[assignment]
         self.contrast_range = tuple(self.contrast_range)  # type: ignore[assignment]
+        if self.resize_method not in RESIZE_METHODS:
+            raise ShowtellError(
+                f"resize_method {self.resize_method!r}: use one of {', '.join(RESIZE_METHODS)}"
+            )
         if self.height > self.resize_height or self.width > self.resize_width:
             raise ShowtellError(
                 f"crop {self.height}x{self.width} is larger than the resized image "

@@ -11,7 +11,9 @@ module branches on encoder names.
   torchvision's `transform_input=True` converts ImageNet-normalised inputs into; our
   inputs are already in [-1, 1], so the model is built with `transform_input=False`
   and sees exactly what it was trained on. Batch-norm uses TensorFlow's epsilon
-  (0.001) and, when trained, im2txt's decay (0.9997).
+  (0.001) and, when trained, im2txt's decay (0.9997); average pools leave padding out,
+  as TF-slim's (`_pool_as_tf_slim`). Weights also load from TF-slim's InceptionV3
+  checkpoints, im2txt's `inception_v3.ckpt` (`showtell.tf_import.inception`).
 - any other torchvision classifier by name (`resnet50`, `efficientnet_b0`, ...): its
   classification layer removed, inputs converted from [-1, 1] to its weights'
   normalisation, input size from its weights' transforms.
@@ -44,6 +46,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -197,6 +200,36 @@ def _strip_classifier(model: nn.Module, name: str) -> tuple[nn.Module, int]:
     raise ShowtellError(f"--encoder {name}: cannot find its classification layer to remove")
 
 
+def _exclude_padding(module: nn.Module, args: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+    """Forward pre-hook of a `branch_pool` conv: its input is torchvision's 3x3 average
+    (stride 1, padding 1) that counted padded cells; dividing by the same pool of ones
+    (the share of real cells, k/9) makes it the mean over real cells only, TF's."""
+    (x,) = args
+    real = F.avg_pool2d(torch.ones_like(x[:1, :1]), kernel_size=3, stride=1, padding=1)
+    return (x / real,)
+
+
+def _pool_as_tf_slim(backbone: nn.Module) -> None:
+    """Makes Inception3's average pools (InceptionA, C, E: 3x3, stride 1, SAME padding)
+    exclude padded cells, as TF-slim's avg_pool2d does; torchvision's (functional
+    F.avg_pool2d calls) include them (count_include_pad).
+
+    Always, not as a mode: `inception_v3` is im2txt's encoder, TF-slim's InceptionV3,
+    and both weight sources learned with TF's pooling: TF-slim's checkpoints, and
+    torchvision's ImageNet weights, which were ported from TensorFlow (counting padding
+    is a porting shortcut there). So TF checkpoints compute exactly what TF computed
+    (tests/test_tf_inception.py checks against TensorFlow), and one definition of the
+    encoder means no checkpoint can be trained one way and run the other."""
+    blocks = (
+        torchvision.models.inception.InceptionA,
+        torchvision.models.inception.InceptionC,
+        torchvision.models.inception.InceptionE,
+    )
+    for module in backbone.modules():
+        if isinstance(module, blocks):
+            module.branch_pool.register_forward_pre_hook(_exclude_padding)
+
+
 def set_batch_norm_decay(backbone: nn.Module, decay: float) -> nn.Module:
     """TensorFlow's moving-average decay on every batch-norm layer (PyTorch's momentum
     is 1 - decay)."""
@@ -215,6 +248,7 @@ def _inception_v3(batch_norm_decay: float) -> nn.Module:
         )
     backbone.fc = nn.Identity()  # (B, 2048) after pooling
     backbone.dropout = nn.Identity()  # the Encoder's own dropout replaces it
+    _pool_as_tf_slim(backbone)
     return set_batch_norm_decay(backbone, batch_norm_decay)
 
 
@@ -370,6 +404,11 @@ def build_encoder(
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    from showtell.tf_import.inception import read_tf_slim_encoder
+
+    tf_state = read_tf_slim_encoder(path)  # TF-slim's inception_v3.ckpt, as im2txt used
+    if tf_state is not None:
+        return tf_state
     if not path.is_file():
         raise ShowtellError(f"{path}: encoder checkpoint file not found")
     try:

@@ -55,10 +55,14 @@ class _Step(nn.Module):
 
 
 def export_onnx(
-    checkpoint_path: str | Path, output_dir: Path, inference: InferenceConfig | None = None
+    checkpoint_path: str | Path,
+    output_dir: Path,
+    inference: InferenceConfig | None = None,
+    vocab_file: str | Path | None = None,
 ) -> Path:
-    """Writes encoder.onnx, step.onnx, word_counts.txt and export.json to output_dir."""
-    checkpoint = load_checkpoint(checkpoint_path)
+    """Writes encoder.onnx, step.onnx, word_counts.txt and export.json to output_dir.
+    `vocab_file`: for an im2txt (TensorFlow) checkpoint, which carries no vocabulary."""
+    checkpoint = load_checkpoint(checkpoint_path, vocab_file=vocab_file)
     model = ShowAndTell(checkpoint.model_config)
     model.load_state_dict(checkpoint.model_state())
     model.eval()

@@ -63,7 +63,8 @@ class Captioner:
         max_caption_length: int = 20,
         length_normalization_factor: float = 0.0,
     ) -> None:
-        self.checkpoint: Checkpoint = load_checkpoint(checkpoint_path)
+        # vocab_file: required for an im2txt (TensorFlow) checkpoint, which has none.
+        self.checkpoint: Checkpoint = load_checkpoint(checkpoint_path, vocab_file=vocab_file)
         self.vocab: Vocabulary = self.checkpoint.vocab
         if vocab_file:
             given = Vocabulary.load(vocab_file)

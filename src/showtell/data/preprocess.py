@@ -1,6 +1,7 @@
 """im2txt's image preprocessing (`ops/image_processing.py`) on PyTorch tensors.
 
-decode to 3 channels, float in [0, 1] -> bilinear resize to 346x346 (aspect not kept)
+decode to 3 channels, float in [0, 1] -> bilinear resize to 346x346 (aspect not kept;
+   PyTorch's, or TensorFlow 1's exactly with `ImageConfig.resize_method="tf1"`)
 -> training: random 299x299 crop, random flip, colour distortion in one of im2txt's
    two orders; evaluation: central 299x299 crop
 -> clip to [0, 1] -> scale to [-1, 1] with (x - 0.5) * 2.
@@ -64,6 +65,27 @@ def _distort_colours(x: torch.Tensor, config: ImageConfig, rng: random.Random) -
     return x
 
 
+def resize_bilinear_tf1(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """TensorFlow 1's `resize_bilinear` (align_corners=False, no half-pixel centres), the
+    resize im2txt used: output pixel y samples input row y * in/out (not the centre
+    convention of PyTorch and TF2), rows past the end clamped to the last. Computed as
+    TensorFlow's kernel does, in float32: lerp along x on the two rows, then along y.
+    x: (C, H, W) float -> (C, height, width)."""
+
+    def source(out_size: int, in_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+        position = torch.arange(out_size, dtype=torch.float32) * scale
+        low = position.floor().long().clamp(max=in_size - 1)
+        return low, (low + 1).clamp(max=in_size - 1), position - low.float()
+
+    top, bottom, y_lerp = source(height, x.shape[-2])
+    left, right, x_lerp = source(width, x.shape[-1])
+    rows_top, rows_bottom = x[:, top], x[:, bottom]  # (C, height, W)
+    upper = rows_top[..., left] + (rows_top[..., right] - rows_top[..., left]) * x_lerp
+    lower = rows_bottom[..., left] + (rows_bottom[..., right] - rows_bottom[..., left]) * x_lerp
+    return upper + (lower - upper) * y_lerp.unsqueeze(1)
+
+
 class ImagePreprocessor:
     """Callable: encoded image bytes -> (3, height, width) float tensor in [-1, 1]."""
 
@@ -79,7 +101,10 @@ class ImagePreprocessor:
         """(3, H, W) uint8 -> (3, height, width) float in [-1, 1]."""
         c = self.config
         x = image.float().div_(255.0)  # (3, H, W) in [0, 1]
-        x = TF.resize(x, [c.resize_height, c.resize_width], antialias=False)  # bilinear
+        if c.resize_method == "tf1":
+            x = resize_bilinear_tf1(x, c.resize_height, c.resize_width)
+        else:
+            x = TF.resize(x, [c.resize_height, c.resize_width], antialias=False)  # bilinear
         if self.training:
             top = self.rng.randint(0, c.resize_height - c.height)
             left = self.rng.randint(0, c.resize_width - c.width)

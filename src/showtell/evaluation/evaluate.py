@@ -38,6 +38,7 @@ from showtell.errors import ShowtellError
 from showtell.evaluation.metrics import METRIC_NAMES, Scores, format_scores, score_captions
 from showtell.inference import Captioner
 from showtell.model import ShowAndTell
+from showtell.tf_import.reader import find_tf_checkpoint
 from showtell.training.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
 from showtell.training.train import select_device
 
@@ -119,8 +120,11 @@ def run_perplexity_loop(
     device: str = "auto",
     batch_size: int = 32,
     num_workers: int = 2,
+    vocab_file: str | Path | None = None,
 ) -> list[Perplexity]:
-    """The seed's evaluation loop; with `once`, the newest checkpoint and return."""
+    """The seed's evaluation loop; with `once`, the newest checkpoint and return.
+    `checkpoint_dir` may be im2txt's own train dir (TensorFlow checkpoints, perhaps
+    still being written by im2txt's training): then `vocab_file` is required."""
     from torch.utils.tensorboard import SummaryWriter
 
     files = expand_file_patterns(input_file_pattern)
@@ -132,12 +136,14 @@ def run_perplexity_loop(
         while True:
             start = time.time()
             path = latest_checkpoint(checkpoint_dir) if checkpoint_dir.exists() else None
+            if path is None and (tf_checkpoint := find_tf_checkpoint(checkpoint_dir)):
+                path = tf_checkpoint.prefix  # im2txt's newest
             if path is None:
                 if once:
                     raise ShowtellError(f"{checkpoint_dir}: no complete checkpoint found")
                 print(f"No checkpoint found in {checkpoint_dir}; waiting", flush=True)
             elif path != last_evaluated:
-                checkpoint = load_checkpoint(path)
+                checkpoint = load_checkpoint(path, vocab_file=vocab_file)
                 if checkpoint.step < min_global_step:
                     print(
                         f"Skipping evaluation. Global step = {checkpoint.step} < {min_global_step}",
