@@ -38,6 +38,7 @@ MAX_REQUEST_PIXELS = 40_000_000
 EXACT_PIXELS = 1_000_000
 DECODE_WORKERS = 2
 HEADER_TIMEOUT = 1.5
+MAX_CONNECTIONS = 60
 BODY_TIMEOUT = 2.0
 # The README's worst case for decoding: per decode, max(14 B x max_pixels, 15 B x
 # exact_pixels) plus the file's bytes; at most `decode_workers` decodes at a time.
@@ -148,6 +149,7 @@ def server(tiny_checkpoint: Path) -> Iterator[Server]:
         f"--header_timeout={HEADER_TIMEOUT}",
         f"--body_timeout={BODY_TIMEOUT}",
         "--max_batch=16",
+        f"--max_connections={MAX_CONNECTIONS}",
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     instance = Server(process, port)
@@ -354,3 +356,21 @@ def test_slow_clients_are_closed_and_their_descriptors_freed(server: Server) -> 
     while server.open_fds() > baseline and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.open_fds() <= baseline
+
+
+def test_connections_over_the_limit_get_503(server: Server) -> None:
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    baseline = server.open_fds()
+    idle = [server.connect() for _ in range(MAX_CONNECTIONS)]
+    try:
+        deadline = time.monotonic() + 10
+        while server.open_fds() < baseline + MAX_CONNECTIONS and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server accepts them as it gets to them
+        assert status_line(server.request(healthz)) == "HTTP/1.1 503 Service Unavailable"
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while status_line(server.request(healthz)) != "HTTP/1.1 200 OK":
+        assert time.monotonic() < deadline, "the server did not recover"
+        time.sleep(0.1)
