@@ -43,10 +43,12 @@ def _timm() -> Any:
 
 
 def _create(model_name: str, **kwargs: Any) -> nn.Module:
-    try:
-        return _timm().create_model(model_name, **kwargs)
-    except RuntimeError as e:  # timm's "Unknown model"
-        raise ShowtellError(f"--encoder timm/{model_name}: {e}") from None
+    timm = _timm()
+    if not timm.is_model(model_name):
+        raise ShowtellError(
+            f"--encoder timm/{model_name}: not a timm model (`timm.list_models()` lists them)"
+        )
+    return timm.create_model(model_name, **kwargs)
 
 
 def build_timm(model_name: str) -> nn.Module:
