@@ -21,7 +21,6 @@ import torch
 from showtell.data.vocab import Vocabulary
 from showtell.errors import ShowtellError
 from showtell.generation import beam_search
-from showtell.inference import Captioner
 from showtell.model import ShowAndTell, count_parameters
 from showtell.tf_import import im2txt
 from showtell.tf_import.reader import find_tf_checkpoint, variable_shapes
@@ -37,25 +36,32 @@ def _real_words() -> list[str]:
     return [line.rsplit(" ", 1)[0] for line in WORD_COUNTS.read_text().splitlines() if line]
 
 
-@pytest.mark.parametrize("step", [1000000, 2000000])
-def test_real_im2txt_index_maps_every_variable(step):
+def _real_shapes(step: int) -> dict[str, tuple[int, ...]]:
     checkpoint = find_tf_checkpoint(DATA / f"model.ckpt-{step}")
     assert checkpoint is not None and checkpoint.version == 2 and checkpoint.step == step
-    shapes = variable_shapes(checkpoint)
-    assert len(shapes) == 383  # 376 InceptionV3 + 6 of the decoder + global_step
-    assert im2txt.lstm_era(shapes, "index") == "TF 1.0-1.1"
-    config = im2txt.im2txt_model_config(shapes, "index")
-    assert (config.vocab_size, config.embedding_size, config.num_lstm_units) == (12000, 512, 512)
-    assert config.image.resize_method == "tf1"
-    zeros = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
-    state = im2txt.im2txt_state_dict(zeros, config, "index")  # raises on any left over
-    model = ShowAndTell(config)
+    return variable_shapes(checkpoint)
+
+
+@pytest.mark.slow
+def test_real_im2txt_index_maps_every_variable(model):
     expected = model.state_dict()
-    assert state.keys() == expected.keys()
-    for key, value in expected.items():
-        assert state[key].shape == value.shape, key
+    for step in (1000000, 2000000):
+        shapes = _real_shapes(step)
+        assert len(shapes) == 383  # 376 InceptionV3 + 6 of the decoder + global_step
+        assert im2txt.lstm_era(shapes, "index") == "TF 1.0-1.1"
+        config = im2txt.im2txt_model_config(shapes, "index")
+        assert (config.vocab_size, config.embedding_size, config.num_lstm_units) == (
+            12000,
+            512,
+            512,
+        )
+        assert config.image.resize_method == "tf1" and config == model.config
+        zeros = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+        state = im2txt.im2txt_state_dict(zeros, config, "index")  # raises on any left over
+        assert state.keys() == expected.keys()
+        for key, value in expected.items():
+            assert state[key].shape == value.shape, key
     # im2txt's own parameter counts (its show_and_tell_model_test.py).
-    model.load_state_dict(state)
     # InceptionV3: conv weights, beta and the moving statistics (TF-slim has no gamma).
     encoder = model.encoder.state_dict()
     assert (
@@ -71,7 +77,7 @@ def test_real_im2txt_index_maps_every_variable(step):
     assert count_parameters(model.lstm) == 2_099_200
     assert count_parameters(model.logits) == 6_156_000
     vocab = Vocabulary.load(WORD_COUNTS)
-    assert vocab.words == _real_words() and len(vocab) == 11_520 < config.vocab_size
+    assert vocab.words == _real_words() and len(vocab) == 11_520 < 12000
 
 
 def test_tf_checkpoint_without_vocabulary_or_foreign_fails_in_one_line(tmp_path):
@@ -95,13 +101,15 @@ def test_tf_checkpoint_without_vocabulary_or_foreign_fails_in_one_line(tmp_path)
 
 @pytest.fixture(scope="module")
 def reference():
-    from tf_reference import Im2txtReference
+    from tf_reference import im2txt_reference
 
-    words = _real_words()
-    # Captions end now and then; one word past the vocabulary's lines is likely enough
-    # to be chosen (it prints as <UNK>).
-    boost = {words.index("</S>"): 1.5, len(words) + 100: 1.0}
-    return Im2txtReference(SIZE, vocab_size=12000, bias_boost=boost)
+    return im2txt_reference()
+
+
+@pytest.fixture(scope="module")
+def model() -> ShowAndTell:
+    """im2txt's model in showtell (one build for the module: Inception's takes seconds)."""
+    return ShowAndTell(im2txt.im2txt_model_config(_real_shapes(1000000), "index")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +144,11 @@ def _teacher_forced(reference, features: np.ndarray, tokens: np.ndarray) -> np.n
 
 @pytest.mark.slow
 @pytest.mark.parametrize("era", ERAS)
-def test_im2txt_checkpoint_gives_tensorflow_log_probs(reference, checkpoints, images, era):
+def test_im2txt_checkpoint_gives_tensorflow_log_probs(reference, checkpoints, images, model, era):
     checkpoint = load_checkpoint(checkpoints[era], vocab_file=WORD_COUNTS)
     assert checkpoint.step == 5000 and checkpoint.info["tensorflow_lstm_names"] == era
-    model = ShowAndTell(checkpoint.model_config)
+    assert checkpoint.model_config == model.config
     model.load_state_dict(checkpoint.model_state())
-    model.eval()
     features = reference.image_features(images)
     tokens = np.random.default_rng(4).integers(0, 12000, (3, 6))
     tokens[:, 0] = 1  # <S>
@@ -176,7 +183,9 @@ def test_im2txt_checkpoint_gives_tensorflow_log_probs(reference, checkpoints, im
 
 
 @pytest.mark.slow
-def test_im2txt_checkpoint_beam_search_matches_per_image_reference(reference, checkpoints, images):
+def test_im2txt_checkpoint_beam_search_matches_per_image_reference(
+    reference, checkpoints, images, model
+):
     from tf_reference import reference_beam_search
 
     words = _real_words()
@@ -188,11 +197,12 @@ def test_im2txt_checkpoint_beam_search_matches_per_image_reference(reference, ch
         expected.append(reference_beam_search(reference, (c[0], h[0]), start, end))
     sentences = [sentence for image in expected for sentence, _ in image]
     assert any(sentence[-1] == end for sentence in sentences)  # completed captions
+    assert any(sentence[-1] != end for sentence in sentences)  # and images with none
     assert any(len(sentence) >= 3 for sentence in sentences), sentences
     assert any(w >= len(words) for sentence in sentences for w in sentence)  # <UNK> ids
 
-    captioner = Captioner(checkpoints["TF >= 1.2"], vocab_file=WORD_COUNTS, device="cpu")
-    model = captioner.model
+    checkpoint = load_checkpoint(checkpoints["TF >= 1.2"], vocab_file=WORD_COUNTS)
+    model.load_state_dict(checkpoint.model_state())
     with torch.no_grad():
         state = model.initial_state(torch.from_numpy(features))
     got = beam_search(model.step, state, start, end, beam_size=3, max_caption_length=20)
@@ -201,13 +211,65 @@ def test_im2txt_checkpoint_beam_search_matches_per_image_reference(reference, ch
         np.testing.assert_allclose(
             [np.exp(c.logprob) for c in ours], [np.exp(lp) for _, lp in theirs], rtol=1e-5
         )
-        for caption, (sentence, _) in zip(ours, theirs, strict=True):  # ids past the
-            ids = [w for w in sentence[1:] if w != end]  # vocabulary print as <UNK>
-            assert captioner.sentence(caption) == " ".join(
-                words[w] if w < len(words) else "<UNK>" for w in ids
-            )
+        for caption in ours:  # ids past the vocabulary's words are the unknown word
+            assert checkpoint.vocab.decode(caption.tokens) == [
+                words[w] if w < len(words) else "<UNK>" for w in caption.tokens
+            ]
     # From the images through showtell's own encoder: the same captions.
-    from_images = captioner.caption_images(torch.from_numpy(images).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        state = model.encode(torch.from_numpy(images).permute(0, 3, 1, 2))
+    from_images = beam_search(model.step, state, start, end, beam_size=3, max_caption_length=20)
     assert [[c.tokens for c in image] for image in from_images] == [
         [c.tokens for c in image] for image in got
     ]
+
+
+@pytest.mark.slow
+def test_run_inference_prints_im2txts_captions_for_a_jpeg(reference, checkpoints, tmp_path, capsys):
+    """The seed's "Generating Captions" on an im2txt train dir, and on its conversion:
+    the lines im2txt's run_inference printed for the same JPEG (its preprocessing in TF
+    ops, its beam search over the TF graph)."""
+    from PIL import Image
+
+    from showtell.cli import main
+    from tf_reference import im2txt_process_image, reference_beam_search
+
+    rng = np.random.default_rng(5)
+    pixels = np.kron(rng.integers(0, 256, (24, 32, 3)), np.ones((10, 10, 1))).astype(np.uint8)
+    jpeg = tmp_path / "COCO_val2014_000000224477.jpg"
+    Image.fromarray(pixels).save(jpeg, quality=90)
+    words = _real_words()
+    start, end = words.index("<S>"), words.index("</S>")
+    features = reference.image_features(im2txt_process_image(jpeg.read_bytes())[None])
+    c, h = reference.initial_state(features)
+    lines = [f"Captions for image {jpeg.name}:"]
+    for i, (sentence, logprob) in enumerate(
+        reference_beam_search(reference, (c[0], h[0]), start, end)
+    ):
+        # im2txt printed sentence[1:-1]; showtell keeps the last word of a caption that
+        # never reached </S> (README: run-inference).
+        shown = sentence[1:-1] if sentence[-1] == end else sentence[1:]
+        text = " ".join(words[w] if w < len(words) else "<UNK>" for w in shown)
+        lines.append(f"  {i}) {text} (p={np.exp(logprob):f})")
+    expected = "\n".join(lines) + "\n"
+
+    common = [f"--input_files={jpeg}", "--device=cpu", "--num_workers=0"]
+    train_dir = checkpoints["TF 1.0-1.1"]
+    run = ["run-inference", f"--checkpoint_path={train_dir}", f"--vocab_file={WORD_COUNTS}"]
+    assert main([*run, *common]) == 0
+    assert capsys.readouterr().out == expected
+    converted = tmp_path / "converted"
+    assert (
+        main(
+            [
+                "convert-im2txt-checkpoint",
+                f"--checkpoint_path={train_dir / 'model.ckpt-5000'}",
+                f"--vocab_file={WORD_COUNTS}",
+                f"--output_dir={converted}",
+            ]
+        )
+        == 0
+    )
+    assert "model.ckpt-5000" in capsys.readouterr().out
+    assert main(["run-inference", f"--checkpoint_path={converted}", *common]) == 0
+    assert capsys.readouterr().out == expected

@@ -13,6 +13,7 @@ built it.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import os
@@ -48,16 +49,10 @@ def tf_slim_modules() -> tuple[Any, Any]:
     return slim, inception_v3
 
 
-def save(tf: Any, session: Any, prefix: Path, version: int) -> Path:
-    """Saves every variable with tf.compat.v1.train.Saver in checkpoint format V1 or V2."""
-    saver_def = tf.compat.v1.train.SaverDef
-    saver = tf.compat.v1.train.Saver(write_version=saver_def.V1 if version == 1 else saver_def.V2)
-    return Path(saver.save(session, str(prefix), write_meta_graph=False))
-
-
 def inception_v3_features(images: Any) -> Any:
-    """TF-slim's inception_v3_base in inference mode, pooled as im2txt's
-    image_embedding.py did (avg_pool2d over the whole map, VALID): (B, 2048). Batch-norm
+    """TF-slim's inception_v3_base in inference mode, pooled to (B, 2048): im2txt's
+    image_embedding.py took avg_pool2d over the whole map (VALID), the mean over it,
+    which reduce_mean computes for inputs of any size. Batch-norm
     statistics and offsets start random too (TF's defaults are 0 and 1), so that a wrong
     mean, variance or beta mapping shows."""
     tf = tensorflow()
@@ -71,27 +66,7 @@ def inception_v3_features(images: Any) -> Any:
     batch_norm = slim.arg_scope([slim.batch_norm], is_training=False, param_initializers=random_bn)
     with slim.arg_scope(scope), batch_norm:
         net, _ = inception_v3.inception_v3_base(images)
-    return slim.flatten(slim.avg_pool2d(net, net.shape[1:3], padding="VALID"))
-
-
-def inception_v3_reference(
-    tmp: Path, images: np.ndarray, seed: int = 0
-) -> tuple[np.ndarray, dict[int, Path]]:
-    """TF-slim's InceptionV3 with random weights on NHWC `images`; returns (features
-    (B, 2048), {1: V1 file, 2: V2 prefix})."""
-    tf = tensorflow()
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(seed)
-        x = tf.compat.v1.placeholder(tf.float32, (None, *images.shape[1:]))
-        features = inception_v3_features(x)
-        global_step = tf.compat.v1.train.get_or_create_global_step()
-        with tf.compat.v1.Session(graph=graph) as session:
-            session.run(tf.compat.v1.global_variables_initializer())
-            session.run(global_step.assign(1234))
-            out = session.run(features, {x: images})
-            paths = {v: save(tf, session, tmp / f"inception_v{v}.ckpt", v) for v in (1, 2)}
-    return out, paths
+    return tf.reduce_mean(net, [1, 2])
 
 
 # The LSTM variables' names in each TensorFlow era (what im2txt's checkpoints hold).
@@ -100,6 +75,18 @@ LSTM_ERA_NAMES = {
     "TF 1.0-1.1": ("lstm/basic_lstm_cell/weights", "lstm/basic_lstm_cell/biases"),
     "TF >= 1.2": ("lstm/basic_lstm_cell/kernel", "lstm/basic_lstm_cell/bias"),
 }
+
+
+DECODER = ("image_embedding/", "seq_embedding/", "lstm/", "logits/")
+
+
+@functools.cache
+def im2txt_reference() -> Im2txtReference:
+    """One reference for all tests (building TF-slim's InceptionV3 takes seconds):
+    vocab_size 12,000 and 512 units, as the real im2txt model. Logit biases boosted for
+    the end word of the real vocabulary (id 2), so that captions end now and then, and
+    for one id past its 11,519 words (it prints as <UNK>)."""
+    return Im2txtReference(vocab_size=12000, bias_boost={2: 2.0, 11_619: 1.0})
 
 
 class Im2txtReference:
@@ -111,7 +98,6 @@ class Im2txtReference:
 
     def __init__(
         self,
-        image_size: int,
         vocab_size: int,
         bias_boost: dict[int, float],
         units: int = 512,
@@ -125,13 +111,12 @@ class Im2txtReference:
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.compat.v1.set_random_seed(seed)
-            self.images = tf.compat.v1.placeholder(tf.float32, (None, image_size, image_size, 3))
+            self.images = tf.compat.v1.placeholder(tf.float32, (None, None, None, 3))
             self.features = inception_v3_features(self.images)  # (B, 2048)
             self.feed_features = tf.compat.v1.placeholder_with_default(self.features, (None, 2048))
 
-            def constant(shape: tuple[int, ...], scale: float) -> Any:
-                values = rng.uniform(-scale, scale, shape).astype(np.float32)
-                return tf.compat.v1.constant_initializer(values)
+            def uniform(scale: float) -> Any:
+                return tf.compat.v1.random_uniform_initializer(-scale, scale)
 
             with tf.compat.v1.variable_scope("image_embedding") as scope:
                 image_embeddings = slim.fully_connected(
@@ -139,17 +124,15 @@ class Im2txtReference:
                     units,
                     activation_fn=None,
                     scope=scope,
-                    weights_initializer=constant((2048, units), 0.05),
+                    weights_initializer=uniform(0.05),
                     biases_initializer=None,
                 )
             with tf.compat.v1.variable_scope("seq_embedding"):
                 embedding_map = tf.compat.v1.get_variable(
-                    "map", (vocab_size, units), initializer=constant((vocab_size, units), 0.5)
+                    "map", (vocab_size, units), initializer=uniform(0.5)
                 )
             cell = tf.compat.v1.nn.rnn_cell.BasicLSTMCell(units, state_is_tuple=True)
-            with tf.compat.v1.variable_scope(
-                "lstm", initializer=tf.compat.v1.random_uniform_initializer(-0.3, 0.3)
-            ) as lstm_scope:
+            with tf.compat.v1.variable_scope("lstm", initializer=uniform(0.3)) as lstm_scope:
                 zero = cell.zero_state(tf.shape(image_embeddings)[0], tf.float32)
                 _, initial = cell(image_embeddings, zero)
                 self.initial_c, self.initial_h = initial
@@ -170,7 +153,7 @@ class Im2txtReference:
                     vocab_size,
                     activation_fn=None,
                     scope=scope,
-                    weights_initializer=constant((units, vocab_size), 0.15),
+                    weights_initializer=uniform(0.15),
                     biases_initializer=tf.compat.v1.constant_initializer(biases),
                 )
             self.softmax = tf.nn.softmax(logits)
@@ -196,12 +179,18 @@ class Im2txtReference:
             {self.tokens: tokens, self.c: c, self.h: h},
         )
 
-    def save(self, prefix: Path, era: str, version: int = 2) -> Path:
-        """Writes every variable, the LSTM's named as `era`'s TensorFlow named them."""
+    def save(self, prefix: Path, era: str = "TF >= 1.2", version: int = 2) -> Path:
+        """Writes every variable as im2txt's checkpoint, the LSTM's named as `era`'s
+        TensorFlow named them; `era=""`: TF-slim's InceptionV3 alone (and global_step),
+        as TF-slim's own checkpoints."""
         tf = self.tf
         with self.graph.as_default():
+            variables = tf.compat.v1.global_variables()
+            if not era:
+                variables = [v for v in variables if not v.op.name.startswith(DECODER)]
+                era = "TF >= 1.2"
             names = dict(zip(LSTM_ERA_NAMES["TF >= 1.2"], LSTM_ERA_NAMES[era], strict=True))
-            var_list = {names.get(v.op.name, v.op.name): v for v in tf.compat.v1.global_variables()}
+            var_list = {names.get(v.op.name, v.op.name): v for v in variables}
             saver_def = tf.compat.v1.train.SaverDef
             saver = tf.compat.v1.train.Saver(
                 var_list, write_version=saver_def.V1 if version == 1 else saver_def.V2
@@ -262,3 +251,20 @@ def reference_beam_search(
             break
     best = complete.extract(sort=True) if complete.data else partial.extract(sort=True)
     return [(sentence, logprob) for sentence, _, _, logprob in best]
+
+
+def im2txt_process_image(jpeg: bytes) -> np.ndarray:
+    """im2txt's `process_image` for inference in TF1 ops: decode_jpeg (3 channels) ->
+    [0, 1] -> resize_images (bilinear, TF1's: no half-pixel centres) to 346x346 ->
+    central 299x299 crop -> (x - 0.5) * 2; (299, 299, 3)."""
+    tf = tensorflow()
+    graph = tf.Graph()
+    with graph.as_default():
+        data = tf.compat.v1.placeholder(tf.string, ())
+        image = tf.image.convert_image_dtype(tf.io.decode_jpeg(data, channels=3), tf.float32)
+        image = tf.compat.v1.image.resize_bilinear(
+            image[None], [346, 346], align_corners=False, half_pixel_centers=False
+        )[0]
+        image = (tf.image.resize_with_crop_or_pad(image, 299, 299) - 0.5) * 2.0
+        with tf.compat.v1.Session(graph=graph) as session:
+            return session.run(image, {data: jpeg})

@@ -121,7 +121,9 @@ class TrainConfig:
     train_dir: str = opt("", "where checkpoints and TensorBoard events go")
     vocab_file: str = opt("", "word_counts.txt (default: the one beside the shards)")
     inception_checkpoint_file: str = opt(
-        "", "encoder weights (a torchvision state-dict file) used at step 0 only"
+        "",
+        "encoder weights used at step 0 only: a torchvision state-dict file, or TF-slim's "
+        "InceptionV3 checkpoint (im2txt's inception_v3.ckpt, TensorFlow V1 or V2 format)",
     )
     train_inception: bool = opt(False, "phase 2: train the encoder too (else frozen)")
     number_of_steps: int = opt(1_000_000, "global step to stop at, across both phases")
