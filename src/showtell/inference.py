@@ -30,6 +30,7 @@ from showtell.data.images import (
 )
 from showtell.data.preprocess import ImagePreprocessor, decode_rgb
 from showtell.data.vocab import Vocabulary
+from showtell.ensemble import Ensemble, Generator
 from showtell.errors import ShowtellError
 from showtell.generation import Caption, beam_search
 from showtell.model import ShowAndTell
@@ -50,12 +51,28 @@ class ImageCaptions:
         return f"{printable(self.file)}: {self.error}"
 
 
+def checkpoint_paths(checkpoint_path: str | Path | Sequence[str | Path]) -> list[str]:
+    """`a,b,c` (or a list) -> the checkpoints of an ensemble; one path -> [it]."""
+    if isinstance(checkpoint_path, str):
+        paths = [p.strip() for p in checkpoint_path.split(",") if p.strip()]
+    elif isinstance(checkpoint_path, Path):
+        paths = [str(checkpoint_path)]
+    else:
+        paths = [str(p) for p in checkpoint_path]
+    if not paths:
+        raise ShowtellError("--checkpoint_path is empty")
+    return paths
+
+
 class Captioner:
-    """A trained model ready to caption batches of preprocessed images."""
+    """A trained model, or an ensemble of several (`a,b,c`: their next-word
+    probabilities averaged in one beam search, `showtell.ensemble`), ready to caption
+    batches of preprocessed images. An ensemble's checkpoints must share the vocabulary
+    and the image preprocessing (ImageConfig); `checkpoint` and `model` are the first's."""
 
     def __init__(
         self,
-        checkpoint_path: str | Path,
+        checkpoint_path: str | Path | Sequence[str | Path],
         *,
         vocab_file: str | Path | None = None,
         device: str = "auto",
@@ -63,21 +80,32 @@ class Captioner:
         max_caption_length: int = 20,
         length_normalization_factor: float = 0.0,
     ) -> None:
-        # vocab_file: required for an im2txt (TensorFlow) checkpoint, which has none.
-        self.checkpoint: Checkpoint = load_checkpoint(checkpoint_path, vocab_file=vocab_file)
+        self.checkpoints: list[Checkpoint] = []
+        for path in checkpoint_paths(checkpoint_path):
+            # vocab_file: required for an im2txt (TensorFlow) checkpoint, which has none.
+            checkpoint = load_checkpoint(path, vocab_file=vocab_file)
+            if vocab_file:
+                given = Vocabulary.load(vocab_file)
+                if given.words != checkpoint.vocab.words:
+                    raise ShowtellError(
+                        f"{vocab_file}: differs from the vocabulary saved with the checkpoint "
+                        f"{checkpoint.path} ({len(given)} vs {len(checkpoint.vocab)} ids); "
+                        "leave --vocab_file out to use the checkpoint's"
+                    )
+            if self.checkpoints:
+                _check_ensemble_member(self.checkpoints[0], checkpoint)
+            self.checkpoints.append(checkpoint)
+        self.checkpoint: Checkpoint = self.checkpoints[0]
         self.vocab: Vocabulary = self.checkpoint.vocab
-        if vocab_file:
-            given = Vocabulary.load(vocab_file)
-            if given.words != self.vocab.words:
-                raise ShowtellError(
-                    f"{vocab_file}: differs from the vocabulary saved with the checkpoint "
-                    f"{self.checkpoint.path} ({len(given)} vs {len(self.vocab)} ids); "
-                    "leave --vocab_file out to use the checkpoint's"
-                )
         self.device = select_device(device)
-        self.model = ShowAndTell(self.checkpoint.model_config)
-        self.model.load_state_dict(self.checkpoint.model_state())
-        self.model.to(self.device).eval()
+        self.models: list[ShowAndTell] = []
+        for checkpoint in self.checkpoints:
+            model = ShowAndTell(checkpoint.model_config)
+            model.load_state_dict(checkpoint.model_state())
+            self.models.append(model.to(self.device).eval())
+        self.model = self.models[0]
+        # One model runs as itself; several as one Ensemble (same results for one).
+        self.generator: Generator = self.model if len(self.models) == 1 else Ensemble(self.models)
         self.image_config: ImageConfig = self.checkpoint.model_config.image
         self.beam_size = beam_size
         self.max_caption_length = max_caption_length
@@ -86,9 +114,9 @@ class Captioner:
     def caption_images(self, images: torch.Tensor) -> list[list[Caption]]:
         """(B, 3, H, W) preprocessed images -> each image's captions (token ids)."""
         with torch.inference_mode():
-            state = self.model.encode(images.to(self.device))
+            state = self.generator.encode(images.to(self.device))
             return beam_search(
-                self.model.step,
+                self.generator.step,
                 state,
                 self.vocab.start_id,
                 self.vocab.end_id,
@@ -103,6 +131,25 @@ class Captioner:
         if ids and ids[-1] == self.vocab.end_id:
             ids = ids[:-1]
         return " ".join(self.vocab.decode(ids))
+
+
+def _check_ensemble_member(first: Checkpoint, other: Checkpoint) -> None:
+    """An ensemble's models must read the same words and the same images."""
+    if other.vocab.words != first.vocab.words:
+        raise ShowtellError(
+            f"{other.path}: its vocabulary differs from {first.path}'s ({len(other.vocab)} vs "
+            f"{len(first.vocab)} ids); an ensemble's checkpoints must share one vocabulary"
+        )
+    if other.model_config.vocab_size != first.model_config.vocab_size:
+        raise ShowtellError(
+            f"{other.path}: its model predicts {other.model_config.vocab_size} word ids, "
+            f"{first.path}'s {first.model_config.vocab_size}; an ensemble needs the same"
+        )
+    if other.model_config.image != first.model_config.image:
+        raise ShowtellError(
+            f"{other.path}: its image preprocessing (model.image) differs from {first.path}'s; "
+            "an ensemble's checkpoints must preprocess images the same way"
+        )
 
 
 def expand_input_files(patterns: str) -> list[str]:
