@@ -169,3 +169,5 @@ def test_checkpoints_that_cannot_join_are_one_line(tiny_checkpoint: Path, tmp_pa
         Captioner([tiny_checkpoint, other_image])
     with pytest.raises(ShowtellError, match="--checkpoint_path is empty"):
         Captioner(" , ")
+    # evaluate's --checkpoint_dir arrives as a Path: `a,b` is split there too.
+    assert len(Captioner(Path(f"{tiny_checkpoint},{tiny_checkpoint}")).models) == 2

@@ -534,7 +534,8 @@ def _add_run_inference_command(sub: Any) -> None:
         "checkpoint_path",
         required=True,
         help="a checkpoint folder, or a train_dir (its newest complete checkpoint); or "
-        "im2txt's: its train dir or a model.ckpt-N (with --vocab_file)",
+        "im2txt's: its train dir or a model.ckpt-N (with --vocab_file); several, comma-"
+        "separated: an ensemble (probabilities averaged in one beam search)",
     )
     _flag(
         p,
@@ -611,7 +612,14 @@ def _add_evaluate_command(sub: Any) -> None:
         "METEOR, ROUGE-L, CIDEr-D, a COCO results file and an HTML gallery.",
     )
     _flag(p, "input_file_pattern", required=True, help="e.g. DIR/val-?????-of-00004")
-    _flag(p, "checkpoint_dir", type=Path, required=True, help="a train_dir or checkpoint folder")
+    _flag(
+        p,
+        "checkpoint_dir",
+        type=Path,
+        required=True,
+        help="a train_dir or checkpoint folder; with --metrics, several comma-separated: an "
+        "ensemble (probabilities averaged in one beam search)",
+    )
     _flag(
         p,
         "vocab_file",
@@ -740,7 +748,13 @@ def _positive_seconds(text: str) -> float:
 
 def _add_serve_command(sub: Any) -> None:
     p = sub.add_parser("serve", help="captions over HTTP (JSON API and a web page)")
-    _flag(p, "checkpoint_path", required=True, help="a checkpoint folder or a train_dir")
+    _flag(
+        p,
+        "checkpoint_path",
+        required=True,
+        help="a checkpoint folder or a train_dir; several, comma-separated: an ensemble "
+        "(probabilities averaged in one beam search)",
+    )
     _flag(
         p,
         "vocab_file",

@@ -52,11 +52,12 @@ class ImageCaptions:
 
 
 def checkpoint_paths(checkpoint_path: str | Path | Sequence[str | Path]) -> list[str]:
-    """`a,b,c` (or a list) -> the checkpoints of an ensemble; one path -> [it]."""
-    if isinstance(checkpoint_path, str):
-        paths = [p.strip() for p in checkpoint_path.split(",") if p.strip()]
-    elif isinstance(checkpoint_path, Path):
-        paths = [str(checkpoint_path)]
+    """`a,b,c` (or a list) -> the checkpoints of an ensemble; one path -> [it]. A path
+    that exists is never split (a folder may have a comma in its name)."""
+    if isinstance(checkpoint_path, str | Path):
+        text = str(checkpoint_path)
+        paths = [text] if os.path.exists(text) else [p.strip() for p in text.split(",")]
+        paths = [p for p in paths if p]
     else:
         paths = [str(p) for p in checkpoint_path]
     if not paths:
