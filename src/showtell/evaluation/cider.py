@@ -24,6 +24,19 @@ vectors and norms are computed once per reference set, and a batch of candidates
 matched against its images' references with sorts, searchsorted and bincount: no Python
 loop over captions or n-grams (tests/test_cider_reward.py checks it against
 pycocoevalcap to 1e-6; benchmarks/reward.py measures it).
+
+In SCST, once per training run and then per step:
+
+    df = DocumentFrequencies.from_references(train_refs)  # train_refs[i]: image i's
+    df.save(path)                                          # tokenized references
+    scorer = CiderD(train_refs, DocumentFrequencies.load(path))
+    table = scorer.word_table([*vocab.words, vocab.unknown_word])  # model id -> scorer id
+    rewards = scorer.score_ids(np.where(mask, table[tokens], 0), image_indices)
+
+where `tokens` (M, T) are the sampled words without the start word, `mask` marks the
+words before the end word, and `image_indices` (M,) index `train_refs`. The references
+must be in the model's token space (the training captions' tokens) for a reward, or the
+official tokenization (`metrics.ptb_tokenize`) for the official metric.
 """
 
 from __future__ import annotations
@@ -220,8 +233,9 @@ class CiderD:
         return np.sqrt(np.bincount(index, value**2, minlength=rows * MAX_N)).reshape(rows, MAX_N)
 
     def word_table(self, words: Sequence[str]) -> np.ndarray:
-        """Scorer ids of a vocabulary's words (e.g. the model's `vocab.words`), to turn a
-        model's token ids into the ids `score_ids` takes: `table[token_ids]`."""
+        """Scorer ids of a vocabulary's words, in id order, to turn a model's token ids
+        into the ids `score_ids` takes: `table[token_ids]`. For a showtell Vocabulary
+        pass `[*vocab.words, vocab.unknown_word]` (the unknown word's id is last)."""
         return np.array([self.word_ids.add(w) for w in words], dtype=np.uint64)
 
     def score(self, captions: Sequence[Tokens], images: Sequence[int] | np.ndarray) -> np.ndarray:
