@@ -74,8 +74,8 @@ def cli_train(records: Path, run: Path, tmp_path: Path, *flags: str) -> subproce
         *("--number_of_steps=100000", "--save_interval_secs=0", "--seed=3"),
         *flags,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    # As many threads as the in-process runs: a thread count changes the sums' order.
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def wait_for_checkpoint(process: subprocess.Popen, run: Path, step: int) -> None:
@@ -107,22 +107,22 @@ def test_phase_two_from_images_survives_sigkill_and_sigterm_exactly(
 ) -> None:
     """Phase 2 (images decoded and distorted by 2 DataLoader workers, shuffle buffer):
     killed with SIGKILL after a checkpoint, rerun, stopped with SIGTERM, rerun to the
-    end; the run crosses an epoch boundary after the resumes."""
-    steps, phase2 = 36, dict(train_inception=True, num_workers=2, batch_size=32)
+    end. (Epoch boundaries: `test_record_stream_position_restores_the_rest_of_the_epoch`.)"""
+    steps, phase2 = 16, dict(train_inception=True, num_workers=2)
     straight = train(
         config(synthetic_records, tmp_path / "straight", steps, **phase2), IMAGES_MODEL
     )
 
     run = tmp_path / "run"
-    flags = ("--train_inception=true", "--num_workers=2", "--batch_size=32")
-    killed = cli_train(synthetic_records, run, tmp_path, *flags, "--save_interval_steps=3")
-    wait_for_checkpoint(killed, run, 6)
+    flags = ("--train_inception=true", "--num_workers=2", "--batch_size=16")
+    killed = cli_train(synthetic_records, run, tmp_path, *flags, "--save_interval_steps=2")
+    wait_for_checkpoint(killed, run, 4)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     first = newest_step(run)
 
-    stopped = cli_train(synthetic_records, run, tmp_path, *flags, "--save_interval_steps=3")
-    wait_for_checkpoint(stopped, run, first + 3)
+    stopped = cli_train(synthetic_records, run, tmp_path, *flags, "--save_interval_steps=2")
+    wait_for_checkpoint(stopped, run, first + 2)
     stopped.send_signal(signal.SIGTERM)
     out = stopped.communicate(timeout=120)[0].decode()
     assert stopped.returncode == 143, out[-3000:]
@@ -132,13 +132,14 @@ def test_phase_two_from_images_survives_sigkill_and_sigterm_exactly(
     second = int(match.group(1))
     assert Path(match.group(2)) == run / f"model.ckpt-{second}" and newest_step(run) == second
     assert damage(run / f"model.ckpt-{second}") is None
-    assert first + 3 <= second < steps - 10, (first, second)
+    assert first + 2 <= second < steps - 3, (first, second)
 
     resumed = train(config(synthetic_records, run, steps, **phase2), IMAGES_MODEL)
     assert resumed["global_step"] == steps
     assert_same_weights(Path(straight["checkpoint"]), Path(resumed["checkpoint"]))
 
 
+@pytest.mark.slow
 def test_no_feature_cache_resumes_exactly_with_workers(
     synthetic_records: Path, tmp_path: Path
 ) -> None:
@@ -153,6 +154,7 @@ def test_no_feature_cache_resumes_exactly_with_workers(
     assert_same_weights(straight / "model.ckpt-8", Path(resumed["checkpoint"]))
 
 
+@pytest.mark.slow
 def test_building_the_feature_cache_and_reusing_it_train_the_same(
     synthetic_records: Path, tmp_path: Path
 ) -> None:
@@ -167,6 +169,7 @@ def test_building_the_feature_cache_and_reusing_it_train_the_same(
     assert_same_weights(tmp_path / "built", tmp_path / "reused")
 
 
+@pytest.mark.slow
 def test_record_stream_position_restores_the_rest_of_the_epoch(synthetic_records: Path) -> None:
     """The data position of DDP rank 1 of 2 with 2 DataLoader workers, saved after any
     batch (mid-epoch, in the tail where one worker has run dry, at the epoch's end)

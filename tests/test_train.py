@@ -235,6 +235,18 @@ def test_two_process_gloo_ddp(records: Path, tmp_path: Path) -> None:
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
     assert not list(run.glob(".tmp-*"))
 
+    # Killed after its step-6 checkpoint: resumed, each rank from its own data position
+    # and RNG states, it ends with the uninterrupted run's weights.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copytree(run / "model.ckpt-6", killed / "model.ckpt-6")
+    command[command.index(f"--train_dir={run}")] = f"--train_dir={killed}"
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stdout
+    a, b = weights(run / "model.ckpt-12"), weights(killed / "model.ckpt-12")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
 
 def test_no_feature_cache_runs_the_encoder_every_step(
     records: Path, tmp_path: Path, capsys

@@ -12,8 +12,9 @@ then the `checkpoint` file (as TensorFlow's) is replaced to name it, and checkpo
 beyond the newest `max_to_keep` are deleted. Listing is by size (cheap): a folder
 counts only if its manifest exists and every file has the size the manifest says, so
 a torn folder (a crash mid-write, a partial copy) is never listed. The checkpoint
-chosen to be loaded is then verified by content (the hashes): a damaged one is
-skipped with a warning naming it, and the newest intact one is used. Manifests of
+chosen to be loaded (the highest step; the `checkpoint` file is for TensorFlow's
+tools) is then verified by content (the hashes): a damaged one is skipped with a
+warning naming it, and the newest intact one is used. Manifests of
 older versions hold sizes only; those checkpoints still load, checked by size.
 """
 
@@ -123,28 +124,20 @@ def _warn(message: str) -> None:
 
 def latest_checkpoint(path: str | Path, strict: bool = False) -> Path | None:
     """The newest intact checkpoint, verified by content: `path` itself if it is a
-    checkpoint folder (an error if damaged), else in the train_dir the one its
-    `checkpoint` file names, then the others from the highest step down; each damaged
-    one is skipped with a warning. None when there is none; with `strict`, an error
-    when checkpoint folders exist but none is intact (rather than starting afresh)."""
+    checkpoint folder (an error if damaged), else the train_dir's from the highest step
+    down; each damaged one is skipped with a warning. None when there is none; with
+    `strict`, an error when checkpoint folders exist but none is intact (rather than
+    starting afresh)."""
     path = Path(path)
     if (path / MANIFEST_FILE).is_file():
         problem = damage(path)
         if problem is not None:
             raise ShowtellError(f"{path}: damaged checkpoint ({problem})")
         return path
-    candidates = [p for _, p in reversed(checkpoint_folders(path))]
-    index = path / INDEX_FILE
-    if index.is_file():
-        try:
-            named = path / index.read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            named = None
-        if named is not None and named in candidates:
-            candidates.remove(named)
-            candidates.insert(0, named)
+    # By step, not by the `checkpoint` file: a run killed between renaming its newest
+    # checkpoint into place and updating that file would otherwise go back a save.
     damaged = []
-    for candidate in candidates:
+    for candidate in [p for _, p in reversed(checkpoint_folders(path))]:
         problem = damage(candidate)
         if problem is None:
             return candidate
@@ -280,19 +273,10 @@ class Checkpoint:
             ) from e
 
 
-def load_checkpoint(
-    path: str | Path, vocab_file: str | Path | Vocabulary | None = None
-) -> Checkpoint:
-    """Reads a checkpoint folder, or the newest complete one in a train_dir; else an
-    im2txt (TensorFlow) checkpoint or train dir, which carries no vocabulary: then
-    `vocab_file` is required (`showtell.tf_import.im2txt`)."""
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Reads a checkpoint folder, or the newest complete one in a train_dir."""
     found = latest_checkpoint(path)
     if found is None:
-        from showtell.tf_import.im2txt import find_tf_checkpoint, load_im2txt_checkpoint
-
-        tf_checkpoint = find_tf_checkpoint(path)
-        if tf_checkpoint is not None:
-            return load_im2txt_checkpoint(tf_checkpoint, vocab_file)
         raise ShowtellError(f"{path}: no complete checkpoint found")
     try:
         config = json.loads((found / CONFIG_FILE).read_text())

@@ -38,6 +38,7 @@ import signal
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -58,7 +59,6 @@ from showtell.data.vocab import Vocabulary
 from showtell.encoders import calibrate_batch_norm, encoder_entry, load_pretrained
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
-from showtell.tf_import.reader import find_tf_checkpoint
 from showtell.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -398,10 +398,8 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         for leftover in remove_stale_temporaries(train_dir):
             _say(process, f"Removed {leftover.name}, left by a run that was killed while saving")
     checkpoint_path = latest_checkpoint(train_dir, strict=True) if train_dir.exists() else None
-    if checkpoint_path is None and find_tf_checkpoint(train_dir) is not None:
-        checkpoint_path = train_dir  # im2txt's own train dir: go on from its newest checkpoint
     if checkpoint_path is not None:
-        checkpoint = load_checkpoint(checkpoint_path, vocab_file=vocab)
+        checkpoint = load_checkpoint(checkpoint_path)
         if checkpoint.vocab.words != vocab.words:
             raise ShowtellError(
                 f"{checkpoint.path}: its vocabulary ({len(checkpoint.vocab)} ids) differs from "
@@ -494,7 +492,7 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
     optimizer = OPTIMIZERS[config.optimizer](parameters, lr)
     if state is not None:
         same_phase = bool(state.get("train_inception")) == config.train_inception
-        if same_phase and "optimizer" in state:  # none in an im2txt checkpoint
+        if same_phase:
             optimizer.load_state_dict(state["optimizer"])
             mine = _rank_state(state, process)
             batches.restore(mine["data"])
@@ -516,6 +514,9 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
 
     writer = None
     if process.is_main:
+        # Where TensorFlow is installed, TensorBoard imports all of it (seconds of every
+        # start) only to write event files, which its own stub writes the same.
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("notf"))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(train_dir))
@@ -654,8 +655,12 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
 def _image_batches(
     files: list[Path], model_config: ModelConfig, limit: int, batch_size: int = 64
 ) -> Iterator[torch.Tensor]:
-    """Up to `limit` training images with evaluation preprocessing, in batches."""
-    dataset = CaptionDataset([str(f) for f in files], model_config.image, training=False)
+    """Up to `limit` training images with evaluation preprocessing, in batches: the same
+    images on every DDP rank (not the rank's share), so that every rank calibrates its
+    encoder alike and so finds the same feature cache."""
+    dataset = CaptionDataset(
+        [str(f) for f in files], model_config.image, training=False, rank=0, world_size=1
+    )
     seen = 0
     for batch in make_loader(dataset, batch_size=batch_size, num_workers=0):
         yield batch.images
