@@ -273,10 +273,19 @@ class Checkpoint:
             ) from e
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Reads a checkpoint folder, or the newest complete one in a train_dir."""
+def load_checkpoint(
+    path: str | Path, vocab_file: str | Path | Vocabulary | None = None
+) -> Checkpoint:
+    """Reads a checkpoint folder, or the newest complete one in a train_dir; else an
+    im2txt (TensorFlow) checkpoint or train dir, which carries no vocabulary: then
+    `vocab_file` is required (`showtell.tf_import.im2txt`)."""
     found = latest_checkpoint(path)
     if found is None:
+        from showtell.tf_import.im2txt import find_tf_checkpoint, load_im2txt_checkpoint
+
+        tf_checkpoint = find_tf_checkpoint(path)
+        if tf_checkpoint is not None:
+            return load_im2txt_checkpoint(tf_checkpoint, vocab_file)
         raise ShowtellError(f"{path}: no complete checkpoint found")
     try:
         config = json.loads((found / CONFIG_FILE).read_text())

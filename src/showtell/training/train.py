@@ -59,6 +59,7 @@ from showtell.data.vocab import Vocabulary
 from showtell.encoders import calibrate_batch_norm, encoder_entry, load_pretrained
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
+from showtell.tf_import.reader import find_tf_checkpoint
 from showtell.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -398,8 +399,10 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         for leftover in remove_stale_temporaries(train_dir):
             _say(process, f"Removed {leftover.name}, left by a run that was killed while saving")
     checkpoint_path = latest_checkpoint(train_dir, strict=True) if train_dir.exists() else None
+    if checkpoint_path is None and find_tf_checkpoint(train_dir) is not None:
+        checkpoint_path = train_dir  # im2txt's own train dir: go on from its newest checkpoint
     if checkpoint_path is not None:
-        checkpoint = load_checkpoint(checkpoint_path)
+        checkpoint = load_checkpoint(checkpoint_path, vocab_file=vocab)
         if checkpoint.vocab.words != vocab.words:
             raise ShowtellError(
                 f"{checkpoint.path}: its vocabulary ({len(checkpoint.vocab)} ids) differs from "
@@ -492,7 +495,7 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
     optimizer = OPTIMIZERS[config.optimizer](parameters, lr)
     if state is not None:
         same_phase = bool(state.get("train_inception")) == config.train_inception
-        if same_phase:
+        if same_phase and "optimizer" in state:  # none in an im2txt checkpoint
             optimizer.load_state_dict(state["optimizer"])
             mine = _rank_state(state, process)
             batches.restore(mine["data"])
