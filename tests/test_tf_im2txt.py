@@ -273,3 +273,31 @@ def test_run_inference_prints_im2txts_captions_for_a_jpeg(reference, checkpoints
     assert "model.ckpt-5000" in capsys.readouterr().out
     assert main(["run-inference", f"--checkpoint_path={converted}", *common]) == 0
     assert capsys.readouterr().out == expected
+
+
+@pytest.mark.slow
+def test_train_goes_on_with_phase_2_from_an_im2txt_train_dir(
+    reference, synthetic_records, tmp_path, capsys
+):
+    """The seed's phase 2 on im2txt's own phase-1 train dir: it starts from the im2txt
+    checkpoint's weights and step, and writes showtell checkpoints into that dir."""
+    from conftest import tiny_train_config
+    from showtell.training.train import train
+
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    reference.save(train_dir / "model.ckpt-5000", "TF 1.0-1.1")
+    (train_dir / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-5000"\n')
+    imported = load_checkpoint(train_dir, vocab_file=synthetic_records / "word_counts.txt")
+    config = tiny_train_config(
+        synthetic_records, train_dir, 5001, train_inception=True, batch_size=2
+    )
+    train(config)
+    assert "Resuming from" in capsys.readouterr().out
+    native = load_checkpoint(train_dir)  # the newest is now showtell's own
+    assert native.step == 5001 and native.model_config == imported.model_config
+    before, after = imported.model_state(), native.model_state()
+    assert before.keys() == after.keys()
+    for key in ("logits.bias", "lstm.weight_ih_l0", "encoder.backbone.Conv2d_1a_3x3.conv.weight"):
+        change = (after[key] - before[key]).abs().max()
+        assert 0 < change < 0.05, key  # one small step from im2txt's weights
