@@ -99,7 +99,9 @@ def encode_sequence_example(example: SequenceExample) -> bytes:
 # --- decoding -----------------------------------------------------------------------
 
 
-def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """The base-128 varint at `pos` and the position after it (protobuf's wire format;
+    TensorFlow's checkpoint tables use the same encoding)."""
     result = shift = 0
     while True:
         if pos >= len(buf):
@@ -119,13 +121,13 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
     pos = 0
     end = len(buf)
     while pos < end:
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire_type = key >> 3, key & 7
         if wire_type == _VARINT:
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos)
             yield number, wire_type, value
         elif wire_type == _LEN:
-            length, pos = _read_varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             if pos + length > end:
                 raise ProtoDecodeError("length-delimited field runs past the message")
             yield number, wire_type, buf[pos : pos + length]
@@ -158,7 +160,7 @@ def _decode_int64_list(buf: memoryview) -> list[int]:
             packed = value
             pos = 0
             while pos < len(packed):  # type: ignore[arg-type]
-                v, pos = _read_varint(packed, pos)  # type: ignore[arg-type]
+                v, pos = read_varint(packed, pos)  # type: ignore[arg-type]
                 values.append(_signed64(v))
     return values
 

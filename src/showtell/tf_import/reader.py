@@ -25,9 +25,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 
+from showtell.data.sequence_example import read_varint
+from showtell.data.tfrecord import masked_crc32c
 from showtell.errors import ShowtellError
 
 TF_EXTRA = "pip install 'showtell[tf]'"
@@ -177,37 +178,22 @@ def _read_with_tensorflow(checkpoint: TFCheckpoint) -> dict[str, np.ndarray]:
 # --- TensorFlow's V2 tensor bundle, without TensorFlow ------------------------------------
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
 def _proto_fields(data: bytes) -> list[tuple[int, int | bytes]]:
     """A protobuf message's (field number, value) pairs: ints for varint and fixed
     fields, bytes for length-delimited ones."""
     fields: list[tuple[int, int | bytes]] = []
     pos = 0
     while pos < len(data):
-        key, pos = _varint(data, pos)
+        key, pos = read_varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _varint(data, pos)
+            value, pos = read_varint(data, pos)
             fields.append((number, value))
         elif wire == 1:
             fields.append((number, struct.unpack_from("<Q", data, pos)[0]))
             pos += 8
         elif wire == 2:
-            length, pos = _varint(data, pos)
+            length, pos = read_varint(data, pos)
             if pos + length > len(data):
                 raise ValueError("truncated field")
             fields.append((number, data[pos : pos + length]))
@@ -220,11 +206,6 @@ def _proto_fields(data: bytes) -> list[tuple[int, int | bytes]]:
     return fields
 
 
-def _unmask_crc(masked: int) -> int:
-    rot = (masked - 0xA282EAD8) & 0xFFFFFFFF
-    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
-
-
 def _block_entries(block: bytes) -> list[tuple[bytes, bytes]]:
     """The (key, value) pairs of one table block (keys prefix-compressed)."""
     num_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
@@ -233,9 +214,9 @@ def _block_entries(block: bytes) -> list[tuple[bytes, bytes]]:
     key = b""
     pos = 0
     while pos < end:
-        shared, pos = _varint(block, pos)
-        unshared, pos = _varint(block, pos)
-        value_length, pos = _varint(block, pos)
+        shared, pos = read_varint(block, pos)
+        unshared, pos = read_varint(block, pos)
+        value_length, pos = read_varint(block, pos)
         key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
         entries.append((key, block[pos : pos + value_length]))
@@ -249,10 +230,10 @@ def read_table(data: bytes) -> list[tuple[bytes, bytes]]:
     if len(data) < 48 or struct.unpack_from("<Q", data, len(data) - 8)[0] != _MAGIC:
         raise ValueError("not a table (no magic number at its end)")
     footer = data[-48:]
-    _, pos = _varint(footer, 0)  # the metaindex handle: unused
-    _, pos = _varint(footer, pos)
-    index_offset, pos = _varint(footer, pos)
-    index_size, pos = _varint(footer, pos)
+    _, pos = read_varint(footer, 0)  # the metaindex handle: unused
+    _, pos = read_varint(footer, pos)
+    index_offset, pos = read_varint(footer, pos)
+    index_size, pos = read_varint(footer, pos)
 
     def block(offset: int, size: int) -> bytes:
         if offset + size + 5 > len(data):
@@ -262,14 +243,14 @@ def read_table(data: bytes) -> list[tuple[bytes, bytes]]:
         if kind != 0:
             raise ValueError(f"compressed block (type {kind})")
         (masked,) = struct.unpack_from("<I", data, offset + size + 1)
-        if google_crc32c.value(contents + bytes([kind])) != _unmask_crc(masked):
+        if masked_crc32c(contents + bytes([kind])) != masked:
             raise ValueError(f"block at offset {offset}: CRC32C mismatch")
         return contents
 
     entries: list[tuple[bytes, bytes]] = []
     for _, handle in _block_entries(block(index_offset, index_size)):
-        offset, p = _varint(handle, 0)
-        size, _ = _varint(handle, p)
+        offset, p = read_varint(handle, 0)
+        size, _ = read_varint(handle, p)
         entries.extend(_block_entries(block(offset, size)))
     return entries
 
@@ -364,7 +345,7 @@ class BundleReader:
         raw = data[entry.offset : entry.offset + entry.size]
         if len(raw) != entry.size:
             raise ShowtellError(f"{where}: the data file is truncated")
-        if entry.crc32c is not None and google_crc32c.value(raw) != _unmask_crc(entry.crc32c):
+        if entry.crc32c is not None and masked_crc32c(raw) != entry.crc32c:
             raise ShowtellError(f"{where}: CRC32C mismatch (corrupt data file)")
         dtype = np.dtype(_DTYPES[entry.dtype]).newbyteorder("<")
         count = int(np.prod(entry.shape, dtype=np.int64))
