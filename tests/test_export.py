@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +48,54 @@ def test_onnx_export_captions_like_pytorch(
     records = list(read_caption_records(synthetic_records / "test-00000-of-00001"))[:7]
     images = torch.stack([preprocess(r.image_data) for r in records])  # batch of 7: dynamic
     expected = torch_captioner.caption_images(images)
+    got = onnx_captioner.caption_images(images)
+    for want, have in zip(expected, got, strict=True):
+        assert [c.tokens for c in have] == [c.tokens for c in want]
+        for a, b in zip(have, want, strict=True):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_onnx_export_of_inception_with_tf_slim_pooling_and_tf1_resize(tmp_path: Path) -> None:
+    """The inception_v3 encoder pools as TF-slim (a forward pre-hook) and an imported im2txt
+    model resizes as TF1: both must survive export (the graph and export.json)."""
+    from showtell.config import ImageConfig, ModelConfig
+    from showtell.data.vocab import Vocabulary
+    from showtell.export import OnnxCaptioner
+    from showtell.model import ShowAndTell
+    from showtell.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    words = ["<S>", "</S>", "a", "b", "c", "d"]
+    (tmp_path / "word_counts.txt").write_text(
+        "".join(f"{w} {9 - i}\n" for i, w in enumerate(words))
+    )
+    vocab = Vocabulary.load(tmp_path / "word_counts.txt")
+    image = ImageConfig(resize_height=80, resize_width=80, height=75, width=75, resize_method="tf1")
+    config = ModelConfig(
+        encoder="inception_v3", vocab_size=12, embedding_size=16, num_lstm_units=16, image=image
+    )
+    save_checkpoint(tmp_path / "train", 1, ShowAndTell(config).eval(), config, vocab, {}, {}, 1)
+    out = tmp_path / "onnx"
+    assert main(["export", f"--checkpoint_path={tmp_path / 'train'}", f"--output={out}"]) == 0
+    assert json.loads((out / "export.json").read_text())["image"]["resize_method"] == "tf1"
+
+    images = torch.rand(3, 3, 75, 75) * 2 - 1
+    captioner, onnx_captioner = Captioner(tmp_path / "train"), OnnxCaptioner(out)
+    with torch.no_grad():
+        model = captioner.model
+        state = torch.cat(model.initial_state(model.encoder(images)), 1)  # (3, 2 * units)
+        for module in model.encoder.modules():  # count padded cells, as torchvision does
+            module._forward_pre_hooks.clear()
+        padded = torch.cat(model.initial_state(model.encoder(images)), 1)
+    exported = torch.from_numpy(
+        np.concatenate(onnx_captioner.encoder.run(None, {"images": images.numpy()}), 1)
+    )
+    assert torch.allclose(exported, state, atol=1e-5)
+    assert (exported - padded).abs().max() > 1e-3  # the check can tell the two poolings apart
+
+    captioner = Captioner(tmp_path / "train")
+    expected = captioner.caption_images(images)
     got = onnx_captioner.caption_images(images)
     for want, have in zip(expected, got, strict=True):
         assert [c.tokens for c in have] == [c.tokens for c in want]
