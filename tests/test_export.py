@@ -17,6 +17,16 @@ from showtell.inference import Captioner
 pytest.importorskip("onnxruntime")
 
 
+def _assert_same_captions(onnx_captioner, torch_captioner: Captioner, images: torch.Tensor) -> None:
+    """ONNX Runtime's beams equal PyTorch's: the same tokens, log-probabilities to 1e-4."""
+    expected = torch_captioner.caption_images(images)
+    got = onnx_captioner.caption_images(images)
+    for want, have in zip(expected, got, strict=True):
+        assert [c.tokens for c in have] == [c.tokens for c in want]
+        for a, b in zip(have, want, strict=True):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
 def test_onnx_export_captions_like_pytorch(
     tiny_checkpoint: Path, synthetic_records: Path, tmp_path: Path, capsys
 ) -> None:
@@ -47,12 +57,7 @@ def test_onnx_export_captions_like_pytorch(
     preprocess = ImagePreprocessor(torch_captioner.image_config, training=False)
     records = list(read_caption_records(synthetic_records / "test-00000-of-00001"))[:7]
     images = torch.stack([preprocess(r.image_data) for r in records])  # batch of 7: dynamic
-    expected = torch_captioner.caption_images(images)
-    got = onnx_captioner.caption_images(images)
-    for want, have in zip(expected, got, strict=True):
-        assert [c.tokens for c in have] == [c.tokens for c in want]
-        for a, b in zip(have, want, strict=True):
-            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    _assert_same_captions(onnx_captioner, torch_captioner, images)
 
 
 @pytest.mark.slow
@@ -94,10 +99,4 @@ def test_onnx_export_of_inception_with_tf_slim_pooling_and_tf1_resize(tmp_path: 
     assert torch.allclose(exported, state, atol=1e-5)
     assert (exported - padded).abs().max() > 1e-3  # the check can tell the two poolings apart
 
-    captioner = Captioner(tmp_path / "train")
-    expected = captioner.caption_images(images)
-    got = onnx_captioner.caption_images(images)
-    for want, have in zip(expected, got, strict=True):
-        assert [c.tokens for c in have] == [c.tokens for c in want]
-        for a, b in zip(have, want, strict=True):
-            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    _assert_same_captions(onnx_captioner, Captioner(tmp_path / "train"), images)
