@@ -28,12 +28,12 @@ import httpx
 import torch
 from PIL import Image
 
+from showtell.checkpoint import save_checkpoint
 from showtell.config import ImageConfig, ModelConfig
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.vocab import Vocabulary
 from showtell.inference import Captioner
 from showtell.model import ShowAndTell
-from showtell.training.checkpoint import save_checkpoint
 
 
 def make_checkpoint(directory: Path) -> Path:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import test_generation
+from showtell.checkpoint import load_checkpoint, save_checkpoint
 from showtell.cli import main
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.vocab import Vocabulary
@@ -23,7 +24,6 @@ from showtell.errors import ShowtellError
 from showtell.generation import beam_search
 from showtell.inference import Captioner
 from showtell.model import ShowAndTell
-from showtell.training.checkpoint import load_checkpoint, save_checkpoint
 from test_generation import END, START, TinyModel, assert_same, reference
 
 

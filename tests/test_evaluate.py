@@ -19,12 +19,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import write_coco
 from ptb_corpus import image_case, require_java
+from showtell.checkpoint import load_checkpoint
 from showtell.cli import main
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.records import read_caption_records
 from showtell.evaluation import metrics
 from showtell.model import ShowAndTell
-from showtell.training.checkpoint import load_checkpoint
 
 
 def _independent_perplexity(checkpoint_dir: Path, shard: Path, limit: int) -> float:

@@ -64,11 +64,11 @@ def test_onnx_export_captions_like_pytorch(
 def test_onnx_export_of_inception_with_tf_slim_pooling_and_tf1_resize(tmp_path: Path) -> None:
     """The inception_v3 encoder pools as TF-slim (a forward pre-hook) and an imported im2txt
     model resizes as TF1: both must survive export (the graph and export.json)."""
+    from showtell.checkpoint import save_checkpoint
     from showtell.config import ImageConfig, ModelConfig
     from showtell.data.vocab import Vocabulary
     from showtell.export import OnnxCaptioner
     from showtell.model import ShowAndTell
-    from showtell.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     words = ["<S>", "</S>", "a", "b", "c", "d"]

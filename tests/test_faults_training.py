@@ -24,12 +24,8 @@ import torch
 
 from conftest import TINY_MODEL as MODEL
 from conftest import tiny_train_config as config
-from showtell.cli import main
-from showtell.config import model_config_from_dict
-from showtell.errors import ShowtellError
-from showtell.model import ShowAndTell
-from showtell.training import checkpoint as checkpoints
-from showtell.training.checkpoint import (
+from showtell import checkpoint as checkpoints
+from showtell.checkpoint import (
     MANIFEST_FILE,
     MODEL_FILE,
     STATE_FILE,
@@ -38,6 +34,10 @@ from showtell.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
 )
+from showtell.cli import main
+from showtell.config import model_config_from_dict
+from showtell.errors import ShowtellError
+from showtell.model import ShowAndTell
 from showtell.training.features import build_feature_cache
 from showtell.training.train import Process, RecordBatches, train
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import TINY_MODEL, tiny_train_config
+from showtell.checkpoint import load_checkpoint
 from showtell.cli import main
 from showtell.config import ImageConfig, PretrainConfig, model_config_from_dict
 from showtell.data.preprocess import ImagePreprocessor
@@ -19,7 +20,6 @@ from showtell.data.synthetic import OBJECT_LABELS_FILE, cell_labels, load_attrib
 from showtell.encoders import build_encoder, load_pretrained
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
-from showtell.training.checkpoint import load_checkpoint
 from showtell.training.pretrain import load_labels, pretrain_encoder
 from showtell.training.train import train
 

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 
+from showtell.checkpoint import load_checkpoint
 from showtell.data.vocab import Vocabulary
 from showtell.errors import ShowtellError
 from showtell.generation import beam_search
 from showtell.model import ShowAndTell, count_parameters
 from showtell.tf_import import im2txt
 from showtell.tf_import.reader import find_tf_checkpoint, variable_shapes
-from showtell.training.checkpoint import load_checkpoint
 
 DATA = Path(__file__).parent / "data" / "im2txt-pretrained-index"
 WORD_COUNTS = DATA / "word_counts.txt"

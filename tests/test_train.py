@@ -19,15 +19,15 @@ from safetensors.torch import load_file
 
 from conftest import TINY_MODEL as MODEL
 from conftest import tiny_train_config
-from showtell.cli import main
-from showtell.errors import ShowtellError
-from showtell.training.checkpoint import (
+from showtell.checkpoint import (
     INDEX_FILE,
     MODEL_FILE,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
 )
+from showtell.cli import main
+from showtell.errors import ShowtellError
 from showtell.training.train import train
 
 

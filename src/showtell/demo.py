@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from showtell.checkpoint import latest_checkpoint, load_checkpoint
 from showtell.config import (
     DemoConfig,
     InferenceConfig,
@@ -52,7 +53,6 @@ from showtell.data.synthetic import (
 from showtell.evaluation.evaluate import evaluate_metrics, evaluate_perplexity, load_references
 from showtell.evaluation.metrics import METRIC_NAMES, ptb_tokenize, score_captions
 from showtell.inference import Captioner, caption_files, format_captions
-from showtell.training.checkpoint import latest_checkpoint, load_checkpoint
 from showtell.training.pretrain import pretrain_encoder
 from showtell.training.train import resolve_model_config, select_device, train
 

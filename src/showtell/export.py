@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from showtell import __version__
+from showtell.checkpoint import load_checkpoint
 from showtell.config import ImageConfig, InferenceConfig
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.vocab import Vocabulary
 from showtell.errors import ShowtellError
 from showtell.generation import Caption, beam_search
 from showtell.model import ShowAndTell
-from showtell.training.checkpoint import load_checkpoint
 
 EXPORT_JSON = "export.json"
 

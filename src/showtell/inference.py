@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from showtell.checkpoint import Checkpoint, load_checkpoint
 from showtell.config import ImageConfig
 from showtell.data.images import (
     BadImageError,
@@ -34,7 +35,6 @@ from showtell.ensemble import Ensemble, Generator
 from showtell.errors import ShowtellError
 from showtell.generation import Caption, beam_search
 from showtell.model import ShowAndTell
-from showtell.training.checkpoint import Checkpoint, load_checkpoint
 from showtell.training.train import select_device
 
 

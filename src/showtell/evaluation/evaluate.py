@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from showtell.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
 from showtell.data.dataset import CaptionDataset, make_loader
 from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor
@@ -39,7 +40,6 @@ from showtell.evaluation.metrics import METRIC_NAMES, Scores, format_scores, sco
 from showtell.inference import Captioner
 from showtell.model import ShowAndTell
 from showtell.tf_import.reader import find_tf_checkpoint
-from showtell.training.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
 from showtell.training.train import select_device
 
 

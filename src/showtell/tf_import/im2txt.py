@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from showtell.checkpoint import Checkpoint
 from showtell.config import ImageConfig, ModelConfig, to_dict
 from showtell.data.vocab import Vocabulary
 from showtell.errors import ShowtellError
@@ -42,7 +43,6 @@ from showtell.tf_import.reader import (
     read_variables,
     variable_shapes,
 )
-from showtell.training.checkpoint import Checkpoint
 
 FORGET_BIAS = 1.0  # BasicLSTMCell's default, which im2txt used
 # (kernel, bias) names of the LSTM, by the TensorFlow version that wrote the checkpoint.
@@ -229,8 +229,8 @@ def convert_im2txt_checkpoint(
     """Writes an im2txt checkpoint as a native showtell checkpoint in `output_dir` (a
     train dir: `output_dir/model.ckpt-N/` and its `checkpoint` file); later runs then
     need no TensorFlow. Returns the checkpoint folder."""
+    from showtell.checkpoint import save_checkpoint
     from showtell.model import ShowAndTell
-    from showtell.training.checkpoint import save_checkpoint
 
     imported = load_im2txt_checkpoint(checkpoint_path, vocab_file)
     model = ShowAndTell(imported.model_config)

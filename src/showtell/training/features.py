@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from showtell.checkpoint import remove_stale_temporaries, temporary_name
 from showtell.config import ImageConfig
 from showtell.data.dataset import Batch, pad_captions
 from showtell.data.images import BadImageError
@@ -39,7 +40,6 @@ from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.records import read_caption_records
 from showtell.encoders import Encoder
 from showtell.errors import ShowtellError
-from showtell.training.checkpoint import remove_stale_temporaries, temporary_name
 
 FEATURES_FILE = "features.npy"
 PAIRS_FILE = "pairs.npz"

@@ -51,6 +51,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from showtell.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from showtell.config import ModelConfig, TrainConfig, model_config_from_dict
 from showtell.data.build import DATASET_JSON
 from showtell.data.dataset import Batch, CaptionDataset, EpochPosition, make_loader
@@ -60,12 +66,6 @@ from showtell.encoders import calibrate_batch_norm, encoder_entry, load_pretrain
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
 from showtell.tf_import.reader import find_tf_checkpoint
-from showtell.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
 from showtell.training.features import FeatureCache, build_feature_cache, default_cache_root
 
 # --- processes and devices -------------------------------------------------------------
