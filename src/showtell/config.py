@@ -149,6 +149,42 @@ class TrainConfig:
         "(autocast; weights stay float32); elsewhere float32",
     )
     seed: int = opt(0, "seeds initialisation, shuffling and dropout")
+    # Scheduled sampling (Bengio et al. 2015; training/scheduled_sampling.py), phases 1 and 2.
+    scheduled_sampling: str = opt(
+        "off",
+        "feed the model's own sampled word instead of the reference word with a probability "
+        "that rises with the step: off (im2txt's: always the reference), constant, linear "
+        "or inverse_sigmoid (Bengio et al. 2015)",
+    )
+    sampling_max_probability: float = opt(
+        0.25, "scheduled sampling: the highest probability (constant: the probability)"
+    )
+    sampling_start_step: int = opt(
+        0, "scheduled sampling: the global step where the schedule starts (probability 0 before)"
+    )
+    sampling_ramp_steps: int = opt(
+        100_000, "linear schedule: steps over which the probability rises from 0 to the highest"
+    )
+    sampling_sigmoid_k: float = opt(
+        5000.0,
+        "inverse_sigmoid schedule: Bengio's k; the probability is 1 - k / (k + exp(s / k)) "
+        "s steps after the start, capped at the highest (k = 5000: 0.5 after 42,586 steps)",
+    )
+    # Self-critical sequence training (Rennie et al. 2017; training/scst.py), after phase 1.
+    scst: bool = opt(
+        False,
+        "self-critical sequence training after cross-entropy: the decoder learns to raise "
+        "the CIDEr-D of captions it samples (encoder frozen, cached features, Adam)",
+    )
+    scst_samples: int = opt(5, "SCST: captions sampled per image")
+    scst_baseline: str = opt(
+        "mean",
+        "SCST: what a sample's reward is compared with: mean (the other samples' of its "
+        "image) or greedy (the image's greedy caption's, Rennie et al.)",
+    )
+    scst_learning_rate: float = opt(5e-5, "SCST: Adam's learning rate")
+    scst_bleu_weight: float = opt(0.0, "SCST: reward = CIDEr-D + this x BLEU-4 (0: CIDEr-D only)")
+    scst_max_caption_length: int = opt(20, "SCST: words sampled at most, the end word included")
 
 
 @dataclass

@@ -118,6 +118,33 @@ class ShowAndTell(nn.Module):
         out, _ = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))  # (B, T, H)
         return self.lstm_dropout(out)
 
+    def hidden_states_sampled(
+        self, features: torch.Tensor, input_seqs: torch.Tensor, probability: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scheduled sampling (training/scheduled_sampling.py): as `hidden_states`, but
+        one LSTM step at a time, because each input word after the start word is, with
+        `probability` (a coin per word), replaced by a word sampled from the model's own
+        next-word distribution at the step before (no gradient flows through the
+        choice). Returns the (B, T, H) outputs and the (B, T) words that were fed."""
+        state = tuple(s.unsqueeze(0) for s in self.initial_state(features))  # (1, B, H) each
+        coins = torch.rand(input_seqs.shape, device=input_seqs.device) < probability  # (B, T)
+        word = input_seqs[:, 0]  # the start word is always given
+        outputs, fed = [], [word]
+        for t in range(input_seqs.shape[1]):
+            x = self.lstm_dropout(self.seq_embedding(word)).unsqueeze(1)  # (B, 1, E)
+            out, state = self.lstm(x, state)
+            outputs.append(self.lstm_dropout(out[:, 0]))  # (B, H)
+            if t + 1 == input_seqs.shape[1]:
+                break
+            word = input_seqs[:, t + 1].clone()
+            rows = coins[:, t + 1].nonzero()[:, 0]  # logits only where a word is sampled
+            if len(rows):
+                with torch.no_grad():
+                    probs = F.softmax(self.logits(outputs[-1][rows]).float(), dim=-1)
+                word[rows] = torch.multinomial(probs, 1)[:, 0]
+            fed.append(word)
+        return torch.stack(outputs, 1), torch.stack(fed, 1)
+
     def forward(
         self,
         input_seqs: torch.Tensor,
@@ -127,15 +154,20 @@ class ShowAndTell(nn.Module):
         images: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
         reduction: str = "mean",
+        sampling_probability: float = 0.0,
     ) -> torch.Tensor:
         """The training loss: cross-entropy per target word, averaged over the mask's
         ones (im2txt's batch_loss; `reduction="sum"` for the sum). Give `images`
         (B, 3, H, W) or cached `features` (B, D). Logits are computed only where the
-        mask is 1: padding costs nothing."""
+        mask is 1: padding costs nothing. `sampling_probability` > 0: scheduled
+        sampling (`hidden_states_sampled`); 0 is teacher forcing, the fused LSTM."""
         if features is None:
             assert images is not None, "give images or features"
             features = self.image_features(images)
-        hidden = self.hidden_states(features, input_seqs)  # (B, T, H)
+        if sampling_probability > 0:
+            hidden, _ = self.hidden_states_sampled(features, input_seqs, sampling_probability)
+        else:
+            hidden = self.hidden_states(features, input_seqs)  # (B, T, H)
         real = mask.bool()  # (B, T)
         logits = self.logits(hidden[real])  # (N, V), N = real target words
         return F.cross_entropy(logits.float(), target_seqs[real], reduction=reduction)

@@ -67,6 +67,8 @@ from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
 from showtell.tf_import.reader import find_tf_checkpoint
 from showtell.training.features import FeatureCache, build_feature_cache, default_cache_root
+from showtell.training.scheduled_sampling import check_schedule, sampling_probability
+from showtell.training.scst import ImageRows, SelfCritical, check_scst
 
 # --- processes and devices -------------------------------------------------------------
 
@@ -138,7 +140,10 @@ def _autocast(process: Process, config: TrainConfig) -> AbstractContextManager:
 
 
 def learning_rate(step: int, config: TrainConfig, steps_per_epoch: float) -> float:
-    """im2txt's schedule: staircase exponential decay in phase 1, constant in phase 2."""
+    """im2txt's schedule: staircase exponential decay in phase 1, constant in phase 2
+    (and in SCST)."""
+    if config.scst:
+        return config.scst_learning_rate
     if config.train_inception:
         return config.train_inception_learning_rate
     decay_steps = max(1, int(steps_per_epoch * config.num_epochs_per_decay))
@@ -241,7 +246,9 @@ class CachedBatches:
     (seeded by epoch), cut into batches, every rank taking its own slice of each
     step's effective batch. (epoch, batches taken) is the whole position."""
 
-    def __init__(self, cache: FeatureCache, batch_size: int, process: Process, seed: int):
+    def __init__(
+        self, cache: FeatureCache | ImageRows, batch_size: int, process: Process, seed: int
+    ):
         self.cache, self.batch_size, self.process, self.seed = cache, batch_size, process, seed
         self.steps_per_epoch = cache.num_pairs // (batch_size * process.world_size)
         if self.steps_per_epoch == 0:
@@ -388,6 +395,9 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         raise ShowtellError("train needs --input_file_pattern")
     if config.optimizer not in OPTIMIZERS:
         raise ShowtellError(f"--optimizer {config.optimizer}: use one of {', '.join(OPTIMIZERS)}")
+    check_schedule(config)
+    if config.scst:
+        check_scst(config)
     train_dir = Path(config.train_dir)
     files = expand_file_patterns(config.input_file_pattern)
     vocab = find_vocabulary(config, files)
@@ -455,7 +465,7 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         return {"global_step": global_step, "checkpoint": str(checkpoint_path)}
 
     # Data: the feature cache in phase 1, else images from the records.
-    use_cache = config.feature_cache and not config.train_inception
+    use_cache = (config.feature_cache or config.scst) and not config.train_inception
     if use_cache:
         cache_root = (
             Path(config.feature_cache_dir) if config.feature_cache_dir else default_cache_root()
@@ -480,6 +490,10 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         )
     else:
         batches = RecordBatches(files, model_config, config, process)
+    scst = None
+    if config.scst:  # batches of images, not pairs; the reward (training/scst.py)
+        scst = SelfCritical(model, cache, vocab, config, train_dir, write=process.is_main)
+        batches = CachedBatches(ImageRows(cache), config.batch_size, process, config.seed)
 
     if checkpoint is None and model_config.normalize_features:
         mean, std = (
@@ -492,9 +506,11 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     lr = learning_rate(global_step, config, batches.steps_per_epoch)
-    optimizer = OPTIMIZERS[config.optimizer](parameters, lr)
+    optimizer = OPTIMIZERS["Adam" if config.scst else config.optimizer](parameters, lr)
     if state is not None:
-        same_phase = bool(state.get("train_inception")) == config.train_inception
+        same_phase = bool(state.get("train_inception")) == config.train_inception and bool(
+            state.get("scst")
+        ) == bool(config.scst)
         if same_phase and "optimizer" in state:  # none in an im2txt checkpoint
             optimizer.load_state_dict(state["optimizer"])
             mine = _rank_state(state, process)
@@ -503,7 +519,8 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         else:
             _say(
                 process,
-                f"Phase changes at step {global_step}: train_inception={config.train_inception}",
+                f"Phase changes at step {global_step}: train_inception={config.train_inception}"
+                + (", scst=True" if config.scst else ""),
             )
 
     network: torch.nn.Module = model
@@ -532,10 +549,15 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         train_state = {
             "global_step": step,
             "train_inception": config.train_inception,
+            "scst": config.scst,
             "optimizer": optimizer.state_dict(),
             "ranks": ranks,  # each process's data position and RNG states, by rank
         }
-        info = {"train_inception": config.train_inception, "train_config": asdict(config)}
+        info = {
+            "train_inception": config.train_inception,
+            "scst": config.scst,
+            "train_config": asdict(config),
+        }
         return save_checkpoint(
             train_dir,
             step,
@@ -547,7 +569,7 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
             config.max_checkpoints_to_keep,
         )
 
-    phase = 2 if config.train_inception else 1
+    phase: int | str = "SCST" if config.scst else 2 if config.train_inception else 1
     _say(
         process,
         f"Training phase {phase} from step {global_step} to {config.number_of_steps}: "
@@ -568,9 +590,19 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
             lr = learning_rate(global_step, config, batches.steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            sampling = sampling_probability(global_step, config)
             with autocast:
-                inputs = {"features": batch.images} if use_cache else {"images": batch.images}
-                batch_loss = network(batch.input_seqs, batch.target_seqs, batch.mask, **inputs)
+                if scst is not None:  # the captions it sampled stand for the batch below
+                    batch, batch_loss = scst.loss(network, batch)
+                else:
+                    inputs = {"features": batch.images} if use_cache else {"images": batch.images}
+                    batch_loss = network(
+                        batch.input_seqs,
+                        batch.target_seqs,
+                        batch.mask,
+                        **inputs,
+                        sampling_probability=sampling,
+                    )
                 total_loss = batch_loss + (
                     model.encoder_l2_loss() if config.train_inception else 0.0
                 )
@@ -596,6 +628,10 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
                 writer.add_scalar("losses/batch_loss", loss_value, global_step)
                 writer.add_scalar("losses/total_loss", total_loss.item(), global_step)
                 writer.add_scalar("learning_rate", lr, global_step)
+                if config.scheduled_sampling != "off":
+                    writer.add_scalar("scheduled_sampling/probability", sampling, global_step)
+                for name, value in (scst.stats if scst is not None else {}).items():
+                    writer.add_scalar(f"scst/{name}", value, global_step)
                 writer.add_scalar("captions/length_mean", float(lengths.mean()), global_step)
                 writer.add_scalar("captions/length_max", float(lengths.max()), global_step)
                 writer.add_scalar("captions/length_min", float(lengths.min()), global_step)
@@ -603,7 +639,8 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
                 print(
                     f"step {global_step}: loss {window_loss / window_steps:.4f} "
                     f"(mean of {window_steps} steps), total_loss {total_loss.item():.4f}, "
-                    f"lr {lr:g}, {rate:,.1f} captions/s",
+                    f"lr {lr:g}, {rate:,.1f} captions/s"
+                    + (f", reward {scst.stats['reward']:.4f}" if scst is not None else ""),
                     flush=True,
                 )
                 window_start, window_captions, window_loss, window_steps = time.time(), 0, 0.0, 0
