@@ -123,6 +123,12 @@ def test_model_token_ids_through_a_word_table() -> None:
     np.testing.assert_array_equal(got, scorer.score(sentences, images))
 
 
+def test_a_batch_without_a_single_matching_ngram_scores_zero() -> None:
+    scorer = CiderD([["a red cat"], ["the dog"]])
+    got = scorer.score(["zebra", "unseen words only", ""], [0, 1, 1])
+    np.testing.assert_array_equal(got, [0.0, 0.0, 0.0])
+
+
 def test_bad_files_and_inputs_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "df.npz"
     bad.write_bytes(b"not a zip")

@@ -281,9 +281,13 @@ class CiderD:
         pair = pair_offset[caption] + ref - self.first_ref[images[caption]]
         # min(c, r) * r with c = tf_c * w and r = tf_r * w (the official clipping).
         value = weight[which] ** 2 * np.minimum(count[which], ref_count) * ref_count
-        numerator = np.bincount(
-            pair * MAX_N + key_order(key[which]), value, minlength=len(pair_caption) * MAX_N
-        ).reshape(-1, MAX_N)
+        numerator = (
+            np.bincount(
+                pair * MAX_N + key_order(key[which]), value, minlength=len(pair_caption) * MAX_N
+            )
+            .astype(np.float64, copy=False)  # bincount of no matches at all gives int64
+            .reshape(-1, MAX_N)
+        )
 
         denominator = norm[pair_caption] * self.ref_norm[pair_ref]
         cosine = np.divide(
