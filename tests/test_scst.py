@@ -128,6 +128,7 @@ def greedy_cider(train_dir: Path, records: Path) -> float:
     return float(score)
 
 
+@pytest.mark.slow
 def test_scst_raises_greedy_cider_d_and_resumes_exactly(
     synthetic_records: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -150,8 +151,7 @@ def test_scst_raises_greedy_cider_d_and_resumes_exactly(
 
     before = greedy_cider(tiny_checkpoint, synthetic_records)
     after = greedy_cider(tmp_path / "straight", synthetic_records)
-    print("greedy CIDEr-D", before, after)
-    assert after > 1.1 * before, (before, after)
+    assert after > 1.1 * before, (before, after)  # 0.198 -> 0.245 when written
 
 
 def test_settings_that_cannot_work_are_one_line() -> None:
