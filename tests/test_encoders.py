@@ -172,8 +172,7 @@ def test_lite_weights_missing_package_warns_and_starts_random(
 def test_every_shipped_preset_loads_and_builds(path: Path) -> None:
     """Every preset file: its sections parse into their dataclasses and its model builds."""
     from showtell import config
-    from showtell.model import ShowAndTell
-    from showtell.training.train import resolve_model_config
+    from showtell.model import ShowAndTell, resolve_model_config
 
     preset = load_preset(path.stem)
     for section, cls in (

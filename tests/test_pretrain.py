@@ -160,7 +160,7 @@ def test_cli_and_clear_errors(synthetic_records: Path, tmp_path: Path, capsys) -
 def test_cpu_bf16_pretraining_only_where_the_cpu_has_it(
     synthetic_records: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import showtell.training.train as training
+    import showtell.device as training
 
     def pretrain(name: str, cpu_bf16: bool) -> dict[str, torch.Tensor]:
         config = PretrainConfig(steps=3, batch_size=8, num_workers=0, cpu_bf16=cpu_bf16)

@@ -179,31 +179,39 @@ def test_optimizer_option_picks_the_update_rule(records: Path, tmp_path: Path) -
 def test_cpu_bf16_computes_in_bfloat16_only_where_the_cpu_has_it(
     records: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import showtell.training.train as training
+    """--cpu_bf16 (with --precision auto) only where the CPU has bfloat16 instructions;
+    an explicit --precision decides alone: fp32 despite --cpu_bf16, bf16 on any CPU."""
+    import showtell.device as devices
 
     def weights(run: Path) -> dict[str, torch.Tensor]:
         return load_checkpoint(run).model_state()
 
-    real_has_bf16 = training.cpu_has_bf16()
+    real_has_bf16 = devices.cpu_has_bf16()
     train(config(records, tmp_path / "warm-up", 1), MODEL)  # builds the feature cache
     train(config(records, tmp_path / "fp32", 3), MODEL)
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     train(config(records, tmp_path / "fallback", 3, cpu_bf16=True), MODEL)
     assert "no bfloat16 instructions; training in float32" in capsys.readouterr().out
     # Forced on a CPU without bfloat16 instructions (this project's AMD machines), oneDNN
     # has no bfloat16 LSTM kernel; PyTorch's own kernels still run the autocast path.
     no_onednn = torch.backends.mkldnn.flags(enabled=False)
     native = nullcontext() if real_has_bf16 else no_onednn
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
     with native:
         train(config(records, tmp_path / "bf16", 3, cpu_bf16=True), MODEL)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: real_has_bf16)
+    train(config(records, tmp_path / "bf16-asked", 3, precision="bf16"), MODEL)  # this CPU
+    with pytest.raises(ShowtellError, match=r"^--precision fp16: use one of auto, fp32, bf16$"):
+        train(config(records, tmp_path / "bad", 3, precision="fp16"), MODEL)
 
-    fp32, fallback, bf16 = (weights(tmp_path / r) for r in ("fp32", "fallback", "bf16"))
+    runs = ("fp32", "fallback", "bf16", "bf16-asked")
+    fp32, fallback, bf16, bf16_asked = (weights(tmp_path / r) for r in runs)
     assert all(torch.equal(fp32[k], fallback[k]) for k in fp32)
-    assert all(v.dtype == fp32[k].dtype for k, v in bf16.items())  # weights stay float32
     lstm = "lstm.weight_hh_l0"
-    assert not torch.equal(bf16[lstm], fp32[lstm])  # rounded to bfloat16 on the way
-    assert torch.allclose(bf16[lstm], fp32[lstm], atol=0.05)
+    for run in (bf16, bf16_asked):
+        assert all(v.dtype == fp32[k].dtype for k, v in run.items())  # weights stay float32
+        assert not torch.equal(run[lstm], fp32[lstm])  # rounded to bfloat16 on the way
+        assert torch.allclose(run[lstm], fp32[lstm], atol=0.05)
 
 
 @pytest.mark.slow

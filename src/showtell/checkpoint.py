@@ -2,7 +2,8 @@
 
 A checkpoint is a folder `train_dir/model.ckpt-STEP/` holding
     model.safetensors   every parameter and buffer of the model
-    config.json         the resolved ModelConfig, the step, and what trained it
+    config.json         the resolved ModelConfig, the step, what trained it, and the
+                        vocabulary's start, end and unknown words ("vocabulary")
     word_counts.txt     the vocabulary the ids refer to
     train_state.pt      step, optimizer, RNG states and data position of every rank
                         (plain tensors and numbers: loads with weights_only=True)
@@ -16,6 +17,9 @@ chosen to be loaded (the highest step; the `checkpoint` file is for TensorFlow's
 tools) is then verified by content (the hashes): a damaged one is skipped with a
 warning naming it, and the newest intact one is used. Manifests of
 older versions hold sizes only; those checkpoints still load, checked by size.
+
+`Checkpoint.build_model` is the one place a model is made from a checkpoint (native or
+im2txt's), for captioning, evaluation and export alike.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from showtell.config import ModelConfig, model_config_from_dict, to_dict
-from showtell.data.vocab import Vocabulary
+from showtell.data.vocab import MARKERS, Vocabulary
 from showtell.errors import ShowtellError
+from showtell.model import ShowAndTell
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -219,7 +224,12 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        config = {"model": to_dict(model_config), "global_step": step, **info}
+        config = {
+            "model": to_dict(model_config),
+            "global_step": step,
+            **info,
+            "vocabulary": vocab.markers,  # not in word_counts.txt: beam search needs them
+        }
         vocab.save(tmp / VOCAB_FILE)
         buffer = io.BytesIO()
         torch.save(train_state, buffer)
@@ -263,6 +273,12 @@ class Checkpoint:
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ShowtellError(f"{self.path / MODEL_FILE}: unreadable ({first_line})") from e
 
+    def build_model(self, device: torch.device | str = "cpu") -> ShowAndTell:
+        """The checkpoint's model with its weights, on `device`, in eval mode."""
+        model = ShowAndTell(self.model_config)
+        model.load_state_dict(self.model_state())
+        return model.to(device).eval()
+
     def train_state(self) -> dict[str, Any]:
         try:
             return torch.load(self.path / STATE_FILE, map_location="cpu", weights_only=True)
@@ -290,8 +306,9 @@ def load_checkpoint(
     try:
         config = json.loads((found / CONFIG_FILE).read_text())
         model_config = model_config_from_dict(config["model"])
-    except (ValueError, KeyError) as e:
+        saved = config.get("vocabulary", {})  # none in older checkpoints: the default words
+        markers = {k: str(saved[k]) for k in MARKERS if k in saved}
+    except (ValueError, KeyError, TypeError) as e:
         raise ShowtellError(f"{found / CONFIG_FILE}: not a showtell checkpoint config ({e})") from e
-    return Checkpoint(
-        found, int(config["global_step"]), model_config, Vocabulary.load(found / VOCAB_FILE), config
-    )
+    vocab = Vocabulary.load(found / VOCAB_FILE, **markers)
+    return Checkpoint(found, int(config["global_step"]), model_config, vocab, config)

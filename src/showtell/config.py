@@ -143,10 +143,15 @@ class TrainConfig:
     num_workers: int = opt(2, "DataLoader processes decoding images")
     device: str = opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     compile: bool = opt(False, "torch.compile the model (CUDA)")
+    precision: str = opt(
+        "auto",
+        "arithmetic (showtell/device.py): fp32; bf16 (bfloat16 autocast on CUDA or the CPU, "
+        "weights stay float32); auto: bf16 on CUDA, on the CPU as --cpu_bf16 says",
+    )
     cpu_bf16: bool = opt(
         False,
-        "on a CPU with bfloat16 instructions (AVX512-BF16 or AMX), compute in bfloat16 "
-        "(autocast; weights stay float32); elsewhere float32",
+        "with --precision auto: on a CPU with bfloat16 instructions (AVX512-BF16 or AMX), "
+        "compute in bfloat16 (autocast; weights stay float32); elsewhere float32",
     )
     seed: int = opt(0, "seeds initialisation, shuffling and dropout")
     # Scheduled sampling (Bengio et al. 2015; training/scheduled_sampling.py), phases 1 and 2.

@@ -50,11 +50,13 @@ from showtell.data.synthetic import (
     load_attributes,
     make_synthetic,
 )
+from showtell.device import select_device
 from showtell.evaluation.evaluate import evaluate_metrics, evaluate_perplexity, load_references
 from showtell.evaluation.metrics import METRIC_NAMES, ptb_tokenize, score_captions
 from showtell.inference import Captioner, caption_files, format_captions
+from showtell.model import resolve_model_config
 from showtell.training.pretrain import pretrain_encoder
-from showtell.training.train import resolve_model_config, select_device, train
+from showtell.training.train import train
 
 DEMO_SEED = 1234
 

@@ -63,9 +63,7 @@ def export_onnx(
     """Writes encoder.onnx, step.onnx, word_counts.txt and export.json to output_dir.
     `vocab_file`: for an im2txt (TensorFlow) checkpoint, which carries no vocabulary."""
     checkpoint = load_checkpoint(checkpoint_path, vocab_file=vocab_file)
-    model = ShowAndTell(checkpoint.model_config)
-    model.load_state_dict(checkpoint.model_state())
-    model.eval()
+    model = checkpoint.build_model()
     image = checkpoint.model_config.image
     units = checkpoint.model_config.num_lstm_units
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +96,7 @@ def export_onnx(
         "inference": dataclasses.asdict(inference or InferenceConfig()),
         "start_id": checkpoint.vocab.start_id,
         "end_id": checkpoint.vocab.end_id,
+        "vocabulary": checkpoint.vocab.markers,  # start, end and unknown words
         "vocab_size": checkpoint.model_config.vocab_size,
         "num_lstm_units": units,
     }
@@ -116,7 +115,9 @@ class OnnxCaptioner:
             self.info: dict[str, Any] = json.loads((export_dir / EXPORT_JSON).read_text())
         except (OSError, ValueError) as e:
             raise ShowtellError(f"{export_dir}: not a showtell ONNX export ({e})") from e
-        self.vocab = Vocabulary.load(export_dir / "word_counts.txt")
+        self.vocab = Vocabulary.load(
+            export_dir / "word_counts.txt", **self.info.get("vocabulary", {})
+        )
         self.inference = InferenceConfig(**self.info["inference"])
         image = self.info["image"]
         image["saturation_range"] = tuple(image["saturation_range"])

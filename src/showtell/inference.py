@@ -31,11 +31,11 @@ from showtell.data.images import (
 )
 from showtell.data.preprocess import ImagePreprocessor, decode_rgb
 from showtell.data.vocab import Vocabulary
+from showtell.device import select_device
 from showtell.ensemble import Ensemble, Generator
 from showtell.errors import ShowtellError
 from showtell.generation import Caption, beam_search
 from showtell.model import ShowAndTell
-from showtell.training.train import select_device
 
 
 @dataclass
@@ -99,11 +99,7 @@ class Captioner:
         self.checkpoint: Checkpoint = self.checkpoints[0]
         self.vocab: Vocabulary = self.checkpoint.vocab
         self.device = select_device(device)
-        self.models: list[ShowAndTell] = []
-        for checkpoint in self.checkpoints:
-            model = ShowAndTell(checkpoint.model_config)
-            model.load_state_dict(checkpoint.model_state())
-            self.models.append(model.to(self.device).eval())
+        self.models: list[ShowAndTell] = [c.build_model(self.device) for c in self.checkpoints]
         self.model = self.models[0]
         # One model runs as itself; several as one Ensemble (same results for one).
         self.generator: Generator = self.model if len(self.models) == 1 else Ensemble(self.models)

@@ -22,12 +22,15 @@ For generation the model offers `encode(images) -> state` and
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from showtell.config import ModelConfig
-from showtell.encoders import Encoder, build_encoder
+from showtell.config import ModelConfig, model_config_from_dict
+from showtell.encoders import Encoder, build_encoder, encoder_entry
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (N, H)
 
@@ -198,3 +201,14 @@ class ShowAndTell(nn.Module):
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def resolve_model_config(overrides: dict[str, Any], vocab_size: int) -> ModelConfig:
+    """A fresh model's config: im2txt's defaults, the encoder's input size, the user's
+    settings, and the vocabulary's size."""
+    encoder = overrides.get("encoder", ModelConfig().encoder)
+    base = {"image": asdict(encoder_entry(encoder).image)}
+    merged = {**base, **overrides, "vocab_size": vocab_size}
+    if "image" in overrides:
+        merged["image"] = {**base["image"], **overrides["image"]}
+    return model_config_from_dict(merged)

@@ -52,7 +52,7 @@ from showtell.data.sources import (
 )
 from showtell.data.tfrecord import TFRecordWriter
 from showtell.data.tokenize import tokenize_caption
-from showtell.data.vocab import END_WORD, START_WORD, UNKNOWN_WORD, Vocabulary
+from showtell.data.vocab import END_WORD, MARKERS, START_WORD, UNKNOWN_WORD, Vocabulary
 from showtell.errors import ShowtellError
 
 SHUFFLE_SEED = 12345  # im2txt's random.seed(12345) before shuffling each split's pairs
@@ -372,6 +372,20 @@ def _build_records(
     (config.output_dir / DATASET_JSON).write_text(json.dumps(info, indent=2) + "\n")
     print(format_summary(info), flush=True)
     return info
+
+
+def build_markers(folder: Path) -> dict[str, str]:
+    """The start, end and unknown words of the build whose dataset.json is in `folder`
+    (records built with `--start_word` etc.), as `Vocabulary.load` takes them; {} where
+    there is no dataset.json (im2txt's own records: its words, the defaults)."""
+    path = folder / DATASET_JSON
+    if not path.is_file():
+        return {}
+    try:
+        vocabulary = json.loads(path.read_text(encoding="utf-8")).get("vocabulary", {})
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise ShowtellError(f"{path}: not a dataset.json of showtell's build ({e})") from e
+    return {k: vocabulary[k] for k in MARKERS if isinstance(vocabulary.get(k), str)}
 
 
 def _source_files(source: dict[str, Any]) -> str:

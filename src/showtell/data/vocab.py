@@ -17,6 +17,7 @@ from showtell.errors import ShowtellError
 START_WORD = "<S>"
 END_WORD = "</S>"
 UNKNOWN_WORD = "<UNK>"
+MARKERS = ("start_word", "end_word", "unknown_word")  # `Vocabulary.markers`' keys
 
 
 class Vocabulary:
@@ -65,6 +66,12 @@ class Vocabulary:
     @property
     def end_id(self) -> int:
         return self.word_to_id(self.end_word)
+
+    @property
+    def markers(self) -> dict[str, str]:
+        """The start, end and unknown words, as `load`/`__init__` take them: they are
+        not in word_counts.txt, so whoever saves the file must keep them beside it."""
+        return {name: getattr(self, name) for name in MARKERS}
 
     @classmethod
     def build(

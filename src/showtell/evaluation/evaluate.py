@@ -35,12 +35,11 @@ from showtell.data.dataset import CaptionDataset, make_loader
 from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.records import expand_file_patterns, read_caption_records
+from showtell.device import select_device
 from showtell.errors import ShowtellError
 from showtell.evaluation.metrics import METRIC_NAMES, Scores, format_scores, score_captions
 from showtell.inference import Captioner
-from showtell.model import ShowAndTell
 from showtell.tf_import.reader import find_tf_checkpoint
-from showtell.training.train import select_device
 
 
 @dataclass
@@ -60,9 +59,7 @@ def evaluate_perplexity(
     num_workers: int = 2,
 ) -> Perplexity:
     """Per-word perplexity of the checkpoint's model on the first examples of the files."""
-    model = ShowAndTell(checkpoint.model_config)
-    model.load_state_dict(checkpoint.model_state())
-    model.to(device).eval()
+    model = checkpoint.build_model(device)
     dataset = CaptionDataset([str(f) for f in files], checkpoint.model_config.image, training=False)
     loader = make_loader(dataset, batch_size, num_workers)
     total_loss, words, examples = 0.0, 0, 0

@@ -23,7 +23,6 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from showtell.data.dataset import Batch, pad_captions
 from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.records import read_caption_records
+from showtell.device import precision_context
 from showtell.encoders import Encoder
 from showtell.errors import ShowtellError
 
@@ -51,9 +51,13 @@ def default_cache_root() -> Path:
     return Path(base) / "showtell" / "features"
 
 
-def cache_key(encoder: Encoder, image: ImageConfig, files: list[Path]) -> str:
+def cache_key(
+    encoder: Encoder, image: ImageConfig, files: list[Path], dtype: torch.dtype = torch.float32
+) -> str:
     h = hashlib.sha256()
     h.update(b"showtell feature cache, format 2")
+    if dtype != torch.float32:  # computed in bfloat16 (float32 caches keep their keys)
+        h.update(str(dtype).encode())
     h.update(encoder.name.encode())
     for name, tensor in encoder.state_dict().items():
         h.update(name.encode())
@@ -151,9 +155,12 @@ def build_feature_cache(
     device: torch.device,
     num_workers: int = 2,
     batch_size: int = 64,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> FeatureCache:
-    """Returns the cache for this encoder, preprocessing and data; builds it if missing."""
-    directory = cache_root / cache_key(encoder, image, files)
+    """Returns the cache for this encoder, preprocessing and data; builds it if missing.
+    `dtype`: the encoder's arithmetic on CUDA (training's precision); elsewhere float32."""
+    dtype = dtype if device.type == "cuda" else torch.float32
+    directory = cache_root / cache_key(encoder, image, files, dtype)
     remove_stale_temporaries(cache_root)
     if (directory / META_FILE).is_file():
         print(f"Feature cache: reusing {directory}", flush=True)
@@ -179,7 +186,9 @@ def build_feature_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _encode(tmp, files, chosen, len(rows), encoder, image, device, num_workers, batch_size)
+        _encode(
+            tmp, files, chosen, len(rows), encoder, image, device, num_workers, batch_size, dtype
+        )
         np.savez(
             tmp / PAIRS_FILE,
             image_ids=np.asarray(list(rows), dtype=np.int64),  # dicts keep insertion order
@@ -222,6 +231,7 @@ def _encode(
     device: torch.device,
     num_workers: int,
     batch_size: int,
+    dtype: torch.dtype,
 ) -> None:
     """Encodes each chosen image into `tmp`'s features file."""
     needed = num_images * encoder.output_dim * 2
@@ -237,13 +247,10 @@ def _encode(
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG (dropout's) alone
     )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    )
     encoder = encoder.to(device).eval()
     with (
         torch.inference_mode(),
-        autocast,
+        precision_context(device, dtype),
         tqdm(total=num_images, desc="caching features", unit="img", file=sys.stderr) as bar,
     ):
         for batch_rows, images in loader:

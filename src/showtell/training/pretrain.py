@@ -39,9 +39,10 @@ from showtell.config import ImageConfig, PretrainConfig
 from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor, decode_rgb
 from showtell.data.records import expand_file_patterns, read_caption_records
+from showtell.device import compute_dtype, precision_context
 from showtell.encoders import build_encoder, calibrate_batch_norm
 from showtell.errors import ShowtellError
-from showtell.training.train import cpu_autocast, resolve_model_config
+from showtell.model import resolve_model_config
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,8 @@ def pretrain_encoder(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.steps)))
     )
-    autocast = cpu_autocast(config.cpu_bf16)
+    cpu = torch.device("cpu")
+    autocast = precision_context(cpu, compute_dtype(cpu, "auto", config.cpu_bf16))
     encoder.train()
     start, step = time.perf_counter(), 0
     recent_loss, recent_right, recent_total = 0.0, 0, 0

@@ -29,10 +29,8 @@ Only rank 0 writes checkpoints, logs and TensorBoard events.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -41,8 +39,8 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,85 +56,20 @@ from showtell.checkpoint import (
     save_checkpoint,
 )
 from showtell.config import ModelConfig, TrainConfig, model_config_from_dict
-from showtell.data.build import DATASET_JSON
+from showtell.data.build import DATASET_JSON, build_markers
 from showtell.data.dataset import Batch, CaptionDataset, EpochPosition, make_loader
 from showtell.data.records import expand_file_patterns, read_records
 from showtell.data.vocab import Vocabulary
-from showtell.encoders import calibrate_batch_norm, encoder_entry, load_pretrained
+from showtell.device import Process, compute_dtype, precision_context, setup_process
+from showtell.encoders import calibrate_batch_norm, load_pretrained
 from showtell.errors import ShowtellError
-from showtell.model import ShowAndTell
+from showtell.model import ShowAndTell, resolve_model_config
 from showtell.tf_import.reader import find_tf_checkpoint
 from showtell.training.features import FeatureCache, build_feature_cache, default_cache_root
 from showtell.training.scheduled_sampling import check_schedule, sampling_probability
 from showtell.training.scst import ImageRows, SelfCritical, check_scst
 
-# --- processes and devices -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Process:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def select_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec != "auto":
-        return torch.device(spec)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def setup_process(device_spec: str) -> Process:
-    """Single process, or DDP when launched by torchrun (RANK/WORLD_SIZE set)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Process(0, 1, select_device(device_spec))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = select_device(device_spec, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    # Rank 0 may spend a long time building the feature cache while the others wait.
-    dist.init_process_group(
-        "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=4)
-    )
-    return Process(rank, world_size, device)
-
-
 # --- what the loop needs ---------------------------------------------------------------
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bfloat16 instructions (where bfloat16 beats float32 on it;
-    elsewhere it is emulated and slower). PyTorch's check is private: absent, False."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def cpu_autocast(wanted: bool, say: Callable[[str], None] = print) -> AbstractContextManager:
-    """bfloat16 autocast on the CPU (weights and optimizer state stay float32) when
-    `wanted` and the CPU has bfloat16 instructions; else float32, said once."""
-    if wanted and cpu_has_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    if wanted:
-        say("cpu_bf16: this CPU has no bfloat16 instructions; training in float32")
-    return nullcontext()
-
-
-def _autocast(process: Process, config: TrainConfig) -> AbstractContextManager:
-    """bfloat16 autocast: always on CUDA; on the CPU as `cpu_autocast` decides."""
-    if process.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if process.device.type == "cpu":
-        return cpu_autocast(config.cpu_bf16, lambda message: _say(process, message))
-    return nullcontext()
 
 
 def learning_rate(step: int, config: TrainConfig, steps_per_epoch: float) -> float:
@@ -173,21 +106,19 @@ def count_pairs(files: list[Path]) -> int:
 
 
 def find_vocabulary(config: TrainConfig, files: list[Path]) -> Vocabulary:
+    """The records' vocabulary, with the start and end words they were built with (their
+    dataset.json's; im2txt's where there is none), which must be among its words."""
     path = Path(config.vocab_file) if config.vocab_file else files[0].parent / "word_counts.txt"
     if not path.is_file():
         raise ShowtellError(f"{path}: vocabulary not found (give --vocab_file)")
-    return Vocabulary.load(path)
-
-
-def resolve_model_config(overrides: dict[str, Any], vocab_size: int) -> ModelConfig:
-    """A fresh model's config: im2txt's defaults, the encoder's input size, the user's
-    settings, and the vocabulary's size."""
-    encoder = overrides.get("encoder", ModelConfig().encoder)
-    base = {"image": asdict(encoder_entry(encoder).image)}
-    merged = {**base, **overrides, "vocab_size": vocab_size}
-    if "image" in overrides:
-        merged["image"] = {**base["image"], **overrides["image"]}
-    return model_config_from_dict(merged)
+    vocab = Vocabulary.load(path, **build_markers(files[0].parent))
+    for word in (vocab.start_word, vocab.end_word):
+        if vocab.word_to_id(word) == vocab.unk_id:
+            raise ShowtellError(
+                f"{path}: no {word!r}, the start or end word of every caption in these records "
+                "(build-mscoco-data's --start_word/--end_word, kept in its dataset.json)"
+            )
+    return vocab
 
 
 def _differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
@@ -395,6 +326,8 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         raise ShowtellError("train needs --input_file_pattern")
     if config.optimizer not in OPTIMIZERS:
         raise ShowtellError(f"--optimizer {config.optimizer}: use one of {', '.join(OPTIMIZERS)}")
+    say = partial(_say, process)
+    dtype = compute_dtype(process.device, config.precision, config.cpu_bf16, say)  # checks it
     check_schedule(config)
     if config.scst:
         check_scst(config)
@@ -478,12 +411,19 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
                 cache_root,
                 process.device,
                 config.num_workers,
+                dtype=dtype,
             )
         if process.world_size > 1:
             dist.barrier()
             if not process.is_main:
                 cache = build_feature_cache(
-                    files, model.encoder, model_config.image, cache_root, process.device, 0
+                    files,
+                    model.encoder,
+                    model_config.image,
+                    cache_root,
+                    process.device,
+                    0,
+                    dtype=dtype,
                 )
         batches: CachedBatches | RecordBatches = CachedBatches(
             cache, config.batch_size, process, config.seed
@@ -530,7 +470,7 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
         )
     if config.compile:
         network = torch.compile(network)
-    autocast = _autocast(process, config)
+    autocast = precision_context(process.device, dtype)
 
     writer = None
     if process.is_main:
