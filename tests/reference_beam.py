@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,3 +179,17 @@ class ReferenceCaptioner:
         for i, (sentence, logprob) in enumerate(self.captions(data)):
             lines.append(f"  {i}) {sentence} (p={math.exp(logprob):f})")
         return lines
+
+
+_P = re.compile(r" \(p=(\d+\.\d{6})\)$")
+
+
+def assert_printed_same(got: Sequence[str], want: Sequence[str], p_tol: float = 1e-6) -> None:
+    """run-inference lines against the reference's: the same text line by line, and each
+    printed p within `p_tol` (the last printed digit may round the other way: the model
+    runs in float32, on a batch of images here and on one image there)."""
+    assert [_P.sub(" (p=)", line) for line in got] == [_P.sub(" (p=)", line) for line in want]
+    for g, w in zip(got, want, strict=True):
+        if _P.search(w):
+            p_got, p_want = (float(_P.search(line).group(1)) for line in (g, w))
+            assert abs(p_got - p_want) <= p_tol + 1e-12, (g, w)

@@ -9,12 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
+from reference_beam import ReferenceCaptioner, assert_printed_same
 from showtell.cli import main
-from showtell.data.preprocess import ImagePreprocessor, decode_rgb
-from showtell.inference import Captioner
+from showtell.data.preprocess import decode_rgb
 
 
 def _save(image: Image.Image, path: Path, **options) -> Path:
@@ -22,14 +21,22 @@ def _save(image: Image.Image, path: Path, **options) -> Path:
     return path
 
 
-def _scene(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 200, 200)]  # three different captions
+
+
+def _scene(
+    mode: str = "RGB", size: tuple[int, int] = (40, 30), colour: tuple[int, int, int] = COLOURS[0]
+) -> Image.Image:
     image = Image.new("RGB", size, (120, 120, 120))
-    image.paste((220, 30, 30), (5, 5, 20, 20))
+    image.paste(colour, (5, 5, 20, 20))
     return image.convert(mode)
 
 
 def test_output_is_the_seeds_format(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
-    files = [_save(_scene(), tmp_path / f"img{i}.jpg") for i in range(3)]
+    """im2txt's printed lines, equal to the reference captioner's (tests/reference_beam.py:
+    the checkpoint read by hand, Pillow preprocessing, a per-image beam search), for
+    images captioned in batches of 2 (images leave a batch while others go on)."""
+    files = [_save(_scene(colour=c), tmp_path / f"img{i}.jpg") for i, c in enumerate(COLOURS)]
     code = main(
         [
             "run-inference",
@@ -43,34 +50,26 @@ def test_output_is_the_seeds_format(tiny_checkpoint: Path, tmp_path: Path, capsy
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
 
-    captioner = Captioner(tiny_checkpoint, max_caption_length=30)
-    preprocess = ImagePreprocessor(captioner.image_config, training=False)
-    images = torch.stack([preprocess(p.read_bytes()) for p in files])
-    expected = []
-    for path, captions in zip(files, captioner.caption_images(images), strict=True):
-        expected.append(f"Captions for image {path.name}:")
-        for i, caption in enumerate(captions):
-            words = captioner.sentence(caption)
-            expected.append(f"  {i}) {words} (p={math.exp(caption.logprob):f})")
-    assert lines == expected
+    reference = ReferenceCaptioner(tiny_checkpoint, max_caption_length=30)
+    expected = [line for p in files for line in reference.printed(p.name, p.read_bytes())]
+    assert_printed_same(lines, expected)
     assert len(lines) == 3 * 4  # beam of 3 per image
     assert re.fullmatch(r"  0\) [a-z ,.:]+ \(p=\d\.\d{6}\)", lines[1])
     assert "<S>" not in lines[1] and "</S>" not in lines[1]
+    assert len({lines[1], lines[5], lines[9]}) == 3  # an image mix-up would show
 
-    assert (
-        main(
-            [
-                "caption",
-                f"--checkpoint_path={tiny_checkpoint}",
-                f"--input_files={files[0]}",
-                "--json",
-                "--num_workers=0",
-            ]
-        )
-        == 0
-    )
-    record = json.loads(capsys.readouterr().out)
-    assert record["file"] == str(files[0]) and len(record["captions"]) == 3
+    # Printed p's of long captions are 0.000000: the log-probabilities, from --json.
+    args = [f"--checkpoint_path={tiny_checkpoint}", f"--input_files={tmp_path / 'img*.jpg'}"]
+    args += ["--json", "--num_workers=0", "--batch_size=2", "--max_caption_length=30"]
+    assert main(["caption", *args]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in records] == [str(p) for p in files]
+    for record, path in zip(records, files, strict=True):
+        want = reference.captions(path.read_bytes())
+        assert [c["caption"] for c in record["captions"]] == [s for s, _ in want]
+        for got, (_, logprob) in zip(record["captions"], want, strict=True):
+            assert got["log_prob"] == pytest.approx(logprob, abs=1e-4)
+    record = records[0]
     assert record["captions"][0]["p"] == pytest.approx(math.exp(record["captions"][0]["log_prob"]))
 
 
@@ -131,6 +130,14 @@ def test_every_kind_of_file_works_or_fails_alone(
     assert code == 1
     captioned = re.findall(r"^Captions for image (\S+):$", captured.out, flags=re.M)
     assert captioned == [n for n in names if n in good]  # in the order given
+    # Each image's captions are the reference's (Pillow decodes it, EXIF orientation
+    # applied), but for the 16-bit PNG, whose top byte is showtell's own rule.
+    blocks = re.split(r"\n(?=Captions for image )", captured.out.strip())
+    reference = ReferenceCaptioner(tiny_checkpoint)
+    for name, block in zip(captioned, blocks, strict=True):
+        if name != "deep.png":
+            printed = reference.printed(name, good[name].read_bytes())
+            assert_printed_same(block.splitlines(), printed)
     errors = captured.err.strip().splitlines()
     assert len(errors) == len(bad)
     for name, reason in bad.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import shutil
 import socket
 import threading
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from showtell.data.preprocess import ImagePreprocessor
+from reference_beam import ReferenceCaptioner
 from showtell.inference import Captioner
 
 uvicorn = pytest.importorskip("uvicorn")
@@ -53,13 +54,26 @@ def server(tiny_checkpoint: Path) -> Iterator[tuple[str, Captioner, object]]:
     thread.join(timeout=30)
 
 
-def _expected(captioner: Captioner, data: bytes) -> list[str]:
-    preprocess = ImagePreprocessor(captioner.image_config, training=False)
-    captions = captioner.caption_images(preprocess(data).unsqueeze(0))[0]
-    return [captioner.sentence(c) for c in captions]
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint: Path) -> ReferenceCaptioner:
+    """The expectation, computed apart from the server's Captioner (tests/reference_beam.py)."""
+    return ReferenceCaptioner(tiny_checkpoint, max_caption_length=25)
 
 
-def test_endpoints_order_and_errors(server) -> None:
+def _expected(reference: ReferenceCaptioner, data: bytes) -> list[str]:
+    return [sentence for sentence, _ in reference.captions(data)]
+
+
+def _assert_captions(got: list[dict], reference: ReferenceCaptioner, data: bytes) -> None:
+    """The server's captions and log-probabilities are the reference's."""
+    want = reference.captions(data)
+    assert [c["caption"] for c in got] == [sentence for sentence, _ in want]
+    for c, (_, logprob) in zip(got, want, strict=True):
+        assert c["log_prob"] == pytest.approx(logprob, abs=1e-4)
+        assert c["p"] == pytest.approx(math.exp(logprob), rel=1e-4)
+
+
+def test_endpoints_order_and_errors(server, reference) -> None:
     url, captioner, _ = server
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     info = httpx.get(f"{url}/v1/model").json()
@@ -87,8 +101,7 @@ def test_endpoints_order_and_errors(server) -> None:
     assert results[1] == {"file": "bad.png", "error": "not an image"}
     assert "over the pixel limit of 50,000" in results[3]["error"]
     for result, data in ((results[0], red), (results[2], blue)):
-        assert [c["caption"] for c in result["captions"]] == _expected(captioner, data)
-        assert all(0 < c["p"] <= 1 for c in result["captions"])
+        _assert_captions(result["captions"], reference, data)
 
     too_many = [("images", (f"{i}.png", red)) for i in range(5)]
     response = httpx.post(f"{url}/v1/captions", files=too_many, timeout=60)
@@ -117,18 +130,18 @@ def test_endpoints_order_and_errors(server) -> None:
         return response
 
     response = streamed("red.png", red)
-    captions = [c["caption"] for c in response.json()["results"][0]["captions"]]
-    assert captions == _expected(captioner, red)
+    _assert_captions(response.json()["results"][0]["captions"], reference, red)
     response = streamed("big.png", b"x" * 500_000)
     assert response.status_code == 413 and response.json() == {
         "error": "request body is over the limit of 400,000 bytes"
     }
 
 
-def test_fifty_concurrent_requests_are_batched(server) -> None:
-    url, captioner, app = server
+def test_fifty_concurrent_requests_are_batched(server, reference) -> None:
+    url, _, app = server
     images = [_png((5 * i, 255 - 5 * i, (37 * i) % 256)) for i in range(50)]
-    expected = [_expected(captioner, data) for data in images]
+    expected = [_expected(reference, data) for data in images]
+    assert len({tuple(e) for e in expected}) > 1  # images are told apart (no mix-up unseen)
     batcher = app.state.batcher
     before_batches, before_images = batcher.batches, batcher.images
 
@@ -154,12 +167,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_web_page_in_headless_chromium(server, tmp_path: Path) -> None:
+def test_web_page_in_headless_chromium(server, reference, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    url, captioner, _ = server
+    url, _, _ = server
     image = tmp_path / "red.png"
     image.write_bytes(_png((220, 30, 30)))
-    expected = _expected(captioner, image.read_bytes())
+    expected = _expected(reference, image.read_bytes())
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
