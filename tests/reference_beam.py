@@ -122,7 +122,8 @@ class ReferenceCaptioner:
         from showtell.model import ShowAndTell
 
         folder = train_dir / (train_dir / "checkpoint").read_text().strip()
-        config = json.loads((folder / "config.json").read_text())["model"]
+        saved = json.loads((folder / "config.json").read_text())
+        config = saved["model"]
         self.image = config["image"]
         assert self.image.get("resize_method", "torchvision") == "torchvision"
         self.model = ShowAndTell(model_config_from_dict(config))
@@ -130,7 +131,12 @@ class ReferenceCaptioner:
         self.model.eval()
         lines = (folder / "word_counts.txt").read_text().splitlines()
         self.words = [line.rsplit(" ", 1)[0] for line in lines if line.strip()]
-        self.start_id, self.end_id = self.words.index("<S>"), self.words.index("</S>")
+        # The markers are not in word_counts.txt; checkpoints keep them (im2txt's default).
+        markers = {"start_word": "<S>", "end_word": "</S>", "unknown_word": "<UNK>"}
+        markers.update(saved.get("vocabulary", {}))
+        self.start_id = self.words.index(markers["start_word"])
+        self.end_id = self.words.index(markers["end_word"])
+        self.unknown_word = markers["unknown_word"]
         self.beam_size = beam_size
         self.max_caption_length = max_caption_length
         self.length_normalization_factor = length_normalization_factor
@@ -171,7 +177,7 @@ class ReferenceCaptioner:
         return out
 
     def _word(self, word_id: int) -> str:
-        return self.words[word_id] if word_id < len(self.words) else "<UNK>"
+        return self.words[word_id] if word_id < len(self.words) else self.unknown_word
 
     def printed(self, name: str, data: bytes) -> list[str]:
         """im2txt's run_inference output for one image."""
