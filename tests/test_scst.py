@@ -5,6 +5,7 @@ raises the training images' greedy CIDEr-D, and resuming."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -21,12 +22,13 @@ from showtell.checkpoint import MODEL_FILE, load_checkpoint
 from showtell.config import TrainConfig
 from showtell.data.records import expand_file_patterns, read_caption_records
 from showtell.errors import ShowtellError
+from showtell.evaluation.cider import WordIds
 from showtell.generation import beam_search
 from showtell.model import ShowAndTell
 from showtell.training.features import FeatureCache, build_feature_cache
-from showtell.training.scst import DF_FILE, ImageRows, SelfCritical, check_scst
+from showtell.training.scst import DF_FILE, ImageRows, SelfCritical, SentenceBleu, check_scst
 from showtell.training.train import train
-from test_cider_reward import official_scores
+from test_cider_reward import WORDS, caption, corpus, official_scores
 
 
 def record_references(records: Path, vocab) -> dict[int, list[str]]:
@@ -108,6 +110,24 @@ def test_reward_and_loss_are_cider_d_and_the_policy_gradient(
     expected = official_scores(candidates, refs, training) + 0.5 * np.array(bleu[3])
     np.testing.assert_allclose(scst.rewards_seen, expected, rtol=1e-9, atol=1e-6)
     assert "greedy_reward" in scst.stats
+
+
+def test_sentence_bleu_4_is_pycocoevalcaps() -> None:
+    references = corpus(7, 120)  # 1-6 references an image, empty ones included
+    rng = random.Random(8)
+    images = np.repeat(np.arange(120), 3)
+    candidates = [caption(rng, [*WORDS, "zebra"]) for _ in images]
+    image = next(i for i, refs in enumerate(references) if len(refs[0].split()) >= 6)
+    candidates[3 * image] = references[image][0]  # a perfect match: BLEU-4 1
+    word_ids = WordIds()
+    got = SentenceBleu(references, word_ids).score_ids(word_ids.encode(candidates), images)
+    _, expected = Bleu(4).compute_score(
+        {i: references[k] for i, k in enumerate(images)},
+        {i: [c] for i, c in enumerate(candidates)},
+        verbose=0,
+    )
+    np.testing.assert_allclose(got, expected[3], rtol=1e-9, atol=1e-12)
+    assert max(expected[3]) == pytest.approx(1.0) and min(expected[3]) == 0
 
 
 def greedy_cider(train_dir: Path, records: Path) -> float:

@@ -10,7 +10,7 @@ One step, for a batch of B training images (`--batch_size` images, not pairs):
 - reward each with its CIDEr-D against the image's training references, document
   frequencies from all training references (`evaluation/cider.py`: computed once, saved
   as `cider_df.npz` in the train_dir, loaded on resume), plus `--scst_bleu_weight` x
-  its BLEU-4 (pycocoevalcap's, sentence level) when asked;
+  its sentence-level BLEU-4 (pycocoevalcap's formula, vectorised) when asked;
 - baseline b: by default the mean reward of the image's other K - 1 samples; or the
   reward of the image's greedy caption (Rennie et al.'s "self-critical" baseline);
 - loss = mean over the B*K samples of -(reward - b) * sum of log p(word) over its
@@ -38,13 +38,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pycocoevalcap.bleu.bleu_scorer import BleuScorer
 
 from showtell.config import TrainConfig
 from showtell.data.dataset import Batch
 from showtell.data.vocab import Vocabulary
 from showtell.errors import ShowtellError
-from showtell.evaluation.cider import CiderD, DocumentFrequencies
+from showtell.evaluation.cider import (
+    MAX_N,
+    CiderD,
+    DocumentFrequencies,
+    Tokens,
+    WordIds,
+    count_ngrams,
+    key_order,
+)
 from showtell.model import ShowAndTell
 from showtell.training.features import FeatureCache
 
@@ -81,6 +88,64 @@ def cache_references(cache: FeatureCache, vocab: Vocabulary) -> list[list[str]]:
         ids = cache.caption_ids[offsets[pair] + 1 : offsets[pair + 1] - 1]
         references[row].append(" ".join(words[ids]))
     return references
+
+
+class SentenceBleu:
+    """pycocoevalcap's sentence-level BLEU-4 (its BleuScorer with the closest reference
+    length, as `Bleu(4)` reports per image), vectorised as `CiderD`: each image's
+    largest reference count of every n-gram and its references' lengths are found
+    once; a batch of captions (scorer word ids, as `CiderD.score_ids` takes) is then a
+    few sorts, searchsorted and bincount."""
+
+    TINY, SMALL = 1e-15, 1e-9  # pycocoevalcap's guards against dividing by zero
+
+    def __init__(self, references: list[list[Tokens]], word_ids: WordIds) -> None:
+        if any(len(refs) == 0 for refs in references):
+            raise ShowtellError("BLEU-4: an image without reference captions")
+        self.num_refs = np.array([len(r) for r in references], dtype=np.int64)
+        self.first_ref = np.concatenate([[0], np.cumsum(self.num_refs)[:-1]])
+        ids = word_ids.encode([c for refs in references for c in refs])
+        self.ref_length = (ids != 0).sum(1)
+        row, key, count = count_ngrams(ids)
+        image = np.repeat(np.arange(len(references)), self.num_refs)[row]
+        self.ref_keys = np.unique(key)
+        join = image * len(self.ref_keys) + np.searchsorted(self.ref_keys, key)
+        order = np.argsort(join, kind="stable")
+        join, count = join[order], count[order]
+        first = np.flatnonzero(np.r_[True, join[1:] != join[:-1]])
+        self.join, self.max_count = join[first], np.maximum.reduceat(count, first)
+
+    def score_ids(self, ids: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """BLEU-4 of each row of (M, T) word ids (0-padded) against its image's references."""
+        ids, images = np.asarray(ids, dtype=np.uint64), np.asarray(images, dtype=np.int64)
+        m = len(ids)
+        row, key, count = count_ngrams(ids)
+        pos = np.minimum(np.searchsorted(self.ref_keys, key), max(len(self.ref_keys) - 1, 0))
+        join = images[row] * len(self.ref_keys) + pos
+        at = np.minimum(np.searchsorted(self.join, join), len(self.join) - 1)
+        found = (self.ref_keys[pos] == key) & (self.join[at] == join)
+        clipped = np.minimum(count, np.where(found, self.max_count[at], 0))
+        correct = np.bincount(
+            row * MAX_N + key_order(key), clipped.astype(np.float64), minlength=m * MAX_N
+        ).reshape(m, MAX_N)
+        length = (ids != 0).sum(1)
+        guess = np.maximum(length[:, None] - np.arange(MAX_N)[None, :], 0)
+        bleu = np.ones(m)
+        for n in range(MAX_N):
+            bleu = bleu * (correct[:, n] + self.TINY) / (guess[:, n] + self.SMALL)
+        bleu = bleu ** (1.0 / MAX_N)
+        # The closest reference length, the shorter one on a tie.
+        per = self.num_refs[images]
+        caption = np.repeat(np.arange(m), per)
+        offset = np.concatenate([[0], np.cumsum(per)[:-1]])
+        ref = self.first_ref[images][caption] + np.arange(len(caption)) - offset[caption]
+        span = int(self.ref_length.max()) + 1
+        distance = np.abs(self.ref_length[ref] - length[caption])
+        ref_length = np.minimum.reduceat(distance * span + self.ref_length[ref], offset) % span
+        ratio = (length + self.TINY) / (ref_length + self.SMALL)
+        with np.errstate(over="ignore", divide="ignore"):
+            penalty = np.where(ratio < 1, np.exp(1 - 1 / ratio), 1.0)
+        return bleu * penalty
 
 
 class ImageRows:
@@ -159,6 +224,11 @@ class SelfCritical:
                 os.replace(partial, path)
         self.scorer = CiderD(self.references, df)
         self.table = self.scorer.word_table([*vocab.words, vocab.unknown_word])
+        self.bleu = (
+            SentenceBleu(self.references, self.scorer.word_ids)
+            if config.scst_bleu_weight > 0
+            else None
+        )
         order = np.argsort(cache.image_ids)
         self._ids, self._rows = cache.image_ids[order], order
         self.stats: dict[str, float] = {}
@@ -168,36 +238,17 @@ class SelfCritical:
         """Feature rows (indices into `references`) of these image ids."""
         return self._rows[np.searchsorted(self._ids, image_ids.cpu().numpy())]
 
-    def captions(self, words: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """Sampled words as text, the end word left out."""
-        out = []
-        for row, n in zip(words.tolist(), lengths.tolist(), strict=True):
-            row = row[:n]
-            if row and row[-1] == self.vocab.end_id:
-                row = row[:-1]
-            out.append(" ".join(self.vocab.decode(row)))
-        return out
-
     def rewards(self, words: torch.Tensor, lengths: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         """CIDEr-D (+ the BLEU-4 share) of each caption against its image's references."""
         words_np, lengths_np = words.cpu().numpy(), lengths.cpu().numpy()
         last = words_np[np.arange(len(words_np)), np.maximum(lengths_np - 1, 0)]
         said = lengths_np - (last == self.vocab.end_id)  # the words before the end word
         mask = np.arange(words_np.shape[1])[None, :] < said[:, None]
-        reward = self.scorer.score_ids(np.where(mask, self.table[words_np], 0), rows)
-        if self.config.scst_bleu_weight > 0:
-            reward = reward + self.config.scst_bleu_weight * self.bleu4(
-                self.captions(words, lengths), rows
-            )
+        ids = np.where(mask, self.table[words_np], 0)
+        reward = self.scorer.score_ids(ids, rows)
+        if self.bleu is not None:
+            reward = reward + self.config.scst_bleu_weight * self.bleu.score_ids(ids, rows)
         return reward
-
-    def bleu4(self, captions: list[str], rows: np.ndarray) -> np.ndarray:
-        """pycocoevalcap's sentence-level BLEU-4 (closest reference length)."""
-        scorer = BleuScorer(n=4)
-        for caption, row in zip(captions, rows, strict=True):
-            scorer += (caption, self.references[row])
-        _, per_sentence = scorer.compute_score(option="closest", verbose=0)
-        return np.asarray(per_sentence[3], dtype=np.float64)
 
     def loss(self, network: torch.nn.Module, batch: Batch) -> tuple[Batch, torch.Tensor]:
         """One step's policy-gradient loss for a batch of images (`ImageRows`); also
