@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import json
 from pathlib import Path
@@ -12,6 +13,16 @@ from PIL import Image
 from showtell.config import TrainConfig
 from showtell.data.build import BuildConfig, build_mscoco
 from showtell.data.synthetic import SyntheticConfig, make_synthetic
+
+# If the interpreter has not exited this long after the last test, something blocks it
+# (a thread that never ends, a __del__ waiting on a lock): every thread's stack is
+# printed and the run exits with status 1, instead of a CI that times out without a word.
+EXIT_WATCHDOG_S = 300
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True)
+
 
 # A model small enough to train in seconds on the synthetic 32x32 scenes.
 TINY_MODEL = {

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,27 @@ def test_decoding_formats_torchvision_refuses() -> None:
         assert image.dtype == torch.uint8 and tuple(image.shape) == (3, *size)
     assert decode_rgb(cmyk.getvalue())[:, 3, 4].tolist()[0] > 200  # red stays red
     assert decode_rgb(png16.getvalue()).unique().tolist() == [40000 >> 8]  # scaled, not clipped
+
+
+def test_a_process_that_leaves_loader_workers_running_still_exits(tmp_path: Path) -> None:
+    """At exit, multiprocessing sends its children SIGTERM and waits for them: workers
+    that ignored SIGTERM (to survive a scheduler's signal while the main process saves)
+    would keep it waiting for ever. Here a script stops reading a loader halfway and
+    exits with its iterator, and the workers, still alive."""
+    write_shards(tmp_path, 2, per_shard=40)
+    script = f"""
+import sys
+from showtell.config import ImageConfig
+from showtell.data.dataset import CaptionDataset, make_loader
+config = ImageConfig(resize_height=12, resize_width=12, height=10, width=10)
+dataset = CaptionDataset({str(tmp_path / "train-*")!r}, config, training=True, shuffle_buffer=4)
+leaked = iter(make_loader(dataset, batch_size=2, num_workers=2))
+next(leaked)
+print("read one batch", flush=True)
+"""
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "read one batch" in done.stdout, done.stderr[-2000:]
+    assert time.monotonic() - start < 60

@@ -4,7 +4,9 @@ official COCO caption evaluation pipeline (Stanford's Java PTBTokenizer + scorer
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
+import threading
 
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
@@ -107,3 +109,28 @@ def test_meteor_is_not_computed_without_java(monkeypatch: pytest.MonkeyPatch) ->
 def test_mismatched_ids_are_an_error() -> None:
     with pytest.raises(ValueError, match="differ on 1 image ids"):
         score_captions({1: ["a"], 2: ["b"]}, {1: "a"})
+
+
+def test_a_failing_meteor_jar_is_one_error_and_leaves_nothing_to_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pycocoevalcap's `Meteor.compute_score` leaves its lock held when the JVM fails, and
+    `Meteor.__del__` takes it again: unhandled, the object's collection (at interpreter
+    exit at the latest) blocks for ever. Here the jar is missing, so Java exits at once."""
+    require_java()
+    monkeypatch.setattr(meteor_module, "METEOR_JAR", "no-such-meteor.jar")
+    made: list[Meteor] = []
+    real_init = Meteor.__init__
+
+    def keep(self: Meteor) -> None:
+        real_init(self)
+        made.append(self)
+
+    monkeypatch.setattr(Meteor, "__init__", keep)
+    with pytest.raises(metrics.MeteorError, match=r"METEOR \(Java\) failed: .*jarfile"):
+        score_captions(REFERENCES, HYPOTHESES, meteor=True)
+    assert len(made) == 1 and made[0].meteor_p.poll() is not None  # the JVM has ended
+    collected = threading.Thread(target=lambda: (made.clear(), gc.collect()), daemon=True)
+    collected.start()
+    collected.join(timeout=30)
+    assert not collected.is_alive(), "Meteor.__del__ blocked on the lock compute_score held"

@@ -20,6 +20,7 @@ starts at the reader that was due next.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
@@ -237,12 +238,26 @@ class CaptionDataset(IterableDataset):
             yield Example(image, caption, record.image_id, (local, index + 1))
 
 
-def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """DataLoader workers leave SIGINT and SIGTERM to the main process, which stops at
-    a step boundary and shuts them down (a worker killed by a scheduler's SIGTERM would
-    otherwise raise an error in the main process in the middle of its final save)."""
+# How long a DataLoader worker outlives a SIGTERM (see `defer_stop_signals`).
+WORKER_SIGTERM_GRACE_S = 5
+
+
+def defer_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader workers leave SIGINT to the main process, and outlive SIGTERM by
+    WORKER_SIGTERM_GRACE_S seconds, then end with status 0. A scheduler's SIGTERM reaches
+    the main process too, which stops at its step boundary and saves; a worker killed by
+    the signal at once would raise an error in the main process in the middle of that
+    save (the loader takes a worker's death by a signal for a crash). A worker must
+    still end, though: a worker that ignored SIGTERM for ever would hang the main
+    process at exit, where multiprocessing terminates its children with SIGTERM and
+    waits for them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_soon)
+
+
+def _end_soon(_signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(0))
+    signal.alarm(WORKER_SIGTERM_GRACE_S)
 
 
 def make_loader(
@@ -259,6 +274,6 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
-        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        worker_init_fn=defer_stop_signals if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(0),
     )

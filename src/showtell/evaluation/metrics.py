@@ -24,6 +24,7 @@ import io
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
+from showtell.errors import ShowtellError
 from showtell.evaluation.ptb_tokenizer import line_breaks, tokenize
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -61,6 +63,45 @@ class Scores:
     meteor_note: str = ""
 
 
+# The METEOR jar must answer within this time; a JVM that dies or stops answering fails
+# the evaluation instead of blocking it forever.
+METEOR_TIMEOUT_S = 600.0
+
+
+def _meteor(
+    gts: dict[Hashable, list[str]], res: dict[Hashable, list[str]]
+) -> tuple[float, list[float]]:
+    """pycocoevalcap's METEOR, with its JVM always ended. Its `Meteor.compute_score` takes
+    a lock that it leaves held when it raises (a JVM that died: no memory for its 2 GB
+    heap; an unexpected line), and `Meteor.__del__` takes that lock again: the process
+    would then hang for ever wherever the object is collected, at interpreter exit at
+    the latest. So on any failure the JVM is killed here and the lock released; a timer
+    kills a JVM that stops answering. On success `Meteor.__del__` ends the JVM."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()
+    watchdog = threading.Timer(METEOR_TIMEOUT_S, meteor.meteor_p.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return meteor.compute_score(gts, res)
+    except BaseException as e:
+        meteor.meteor_p.kill()
+        meteor.meteor_p.wait()
+        if meteor.lock.locked():
+            meteor.lock.release()
+        if isinstance(e, (OSError, ValueError)):  # a dead JVM: a broken pipe, no number
+            detail = meteor.meteor_p.stderr.read(2000).decode(errors="replace").strip()
+            raise MeteorError(f"METEOR (Java) failed: {e}; {detail or 'no message'}") from None
+        raise
+    finally:
+        watchdog.cancel()
+
+
+class MeteorError(ShowtellError):
+    """The METEOR jar failed (its message included)."""
+
+
 def score_tokenized(
     references: Mapping[Hashable, Sequence[str]],
     hypotheses: Mapping[Hashable, str],
@@ -89,9 +130,7 @@ def score_tokenized(
     if meteor is None:
         meteor = java_available()
     if meteor:
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        score, images = Meteor().compute_score(gts, res)
+        score, images = _meteor(gts, res)
         corpus["METEOR"] = float(score)
         per_image["METEOR"] = dict(zip(ids, map(float, images), strict=True))
     else:
