@@ -177,7 +177,6 @@ def test_every_shipped_preset_loads_and_builds(path: Path) -> None:
     preset = load_preset(path.stem)
     for section, cls in (
         ("train", config.TrainConfig),
-        ("pretrain", config.PretrainConfig),
         ("inference", config.InferenceConfig),
         ("demo", config.DemoConfig),
     ):

@@ -418,51 +418,6 @@ def _add_train_command(sub: Any) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-# --- pretrain-encoder -------------------------------------------------------------------
-
-
-def _cmd_pretrain_encoder(args: argparse.Namespace) -> int:
-    from showtell.config import PretrainConfig, load_preset, preset_section
-    from showtell.training.pretrain import pretrain_encoder
-
-    model_flags, pretrain_flags = _prefixed(args, "model."), _prefixed(args, "pretrain.")
-    preset = load_preset(args.config) if args.config else {}
-    config = dataclasses.replace(
-        preset_section(preset, PretrainConfig, "pretrain", args.config or ""), **pretrain_flags
-    )
-    model = {**preset.get("model", {}), **model_flags}
-    pretrain_encoder(model, args.input_file_pattern, args.labels_file, args.output_file, config)
-    return 0
-
-
-def _add_pretrain_encoder_command(sub: Any) -> None:
-    from showtell.config import PretrainConfig
-
-    p = sub.add_parser(
-        "pretrain-encoder",
-        aliases=["pretrain_encoder"],
-        help="train an encoder as an image classifier (a stand-in for ImageNet weights)",
-        description="Trains the encoder on per-image labels (e.g. a synthetic data set's "
-        "annotations/object_labels.json) and writes weights for "
-        "`train --inception_checkpoint_file`.",
-    )
-    p.add_argument(
-        "--config", default=None, help="a preset whose 'model' and 'pretrain' settings apply"
-    )
-    _flag(p, "input_file_pattern", required=True, help="training records, e.g. 'train-?????-*'")
-    _flag(p, "labels_file", required=True, help='JSON: {"slots", "classes", "labels"}')
-    _flag(p, "output_file", required=True, type=Path, help="weights to write (.safetensors)")
-    p.add_argument(
-        "--encoder",
-        dest="model.encoder",
-        default=argparse.SUPPRESS,
-        metavar="NAME",
-        help="the encoder (default: the preset's, else inception_v3)",
-    )
-    _add_dataclass_flags(p, PretrainConfig, "pretrain.")
-    p.set_defaults(func=_cmd_pretrain_encoder)
-
-
 # --- run-inference ----------------------------------------------------------------------
 
 
@@ -871,7 +826,6 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_download_command,
     _add_build_command,
     _add_show_records_command,
-    _add_pretrain_encoder_command,
     _add_train_command,
     _add_run_inference_command,
     _add_evaluate_command,

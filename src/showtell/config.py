@@ -93,24 +93,9 @@ class ModelConfig:
         "standardise encoder features per dimension with statistics of the training "
         "images, measured once at step 0 (for encoders without pretrained weights)",
     )
-    encoder_label_head: tuple[int, ...] = opt(
-        (),
-        "(slots, classes) of the label classifier that pretrain-encoder trained with the "
-        "encoder: its class probabilities join the features; () for none (im2txt's)",
-    )
     image: ImageConfig = field(
         default_factory=ImageConfig, metadata={"help": "preprocessing; sizes follow the encoder"}
     )
-
-    def __post_init__(self) -> None:
-        self.encoder_label_head = tuple(self.encoder_label_head)
-        if self.encoder_label_head and (
-            len(self.encoder_label_head) != 2 or min(self.encoder_label_head) < 1
-        ):
-            raise ShowtellError(
-                f"encoder_label_head {list(self.encoder_label_head)}: give [slots, classes], "
-                "both at least 1, or [] for none"
-            )
 
 
 @dataclass
@@ -204,29 +189,17 @@ class InferenceConfig:
 
 
 @dataclass
-class PretrainConfig:
-    """Options of `showtell pretrain-encoder` (a preset's "pretrain" section)."""
-
-    steps: int = opt(600, "optimisation steps")
-    batch_size: int = opt(64, "images per step")
-    learning_rate: float = opt(0.002, "Adam's learning rate")
-    seed: int = opt(0, "initialisation and shuffling")
-    num_workers: int = opt(2, "image-decoding worker processes")
-    cpu_bf16: bool = opt(False, "as `train --cpu_bf16`: bfloat16 autocast on CPUs that have it")
-
-
-@dataclass
 class DemoConfig:
     """What `showtell demo` runs with a preset."""
 
     images: int = opt(5000, "synthetic scenes to draw")
     image_size: int = opt(64, "their side in pixels")
     max_objects: int = opt(3, "objects per scene: 1 to this")
-    pretrain_encoder: bool = opt(
-        True, "first train the encoder on the scenes' object labels (stands in for ImageNet)"
-    )
     phase1_steps: int = opt(3000, "phase 1 (frozen encoder, cached features) steps")
     phase2_steps: int = opt(600, "phase 2 (everything trained) steps after phase 1")
+    fresh_images: int = opt(
+        2000, "fresh scenes from another generator seed, drawn only to evaluate on"
+    )
 
 
 def _merge(cls: type, base: Any, values: dict[str, Any], source: str) -> Any:
@@ -254,7 +227,7 @@ def load_preset(name_or_path: str) -> dict[str, dict[str, Any]]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ShowtellError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    unknown = set(data) - {"model", "train", "pretrain", "inference", "demo", "description"}
+    unknown = set(data) - {"model", "train", "inference", "demo", "description"}
     if unknown:
         raise ShowtellError(f"{path}: unknown sections {sorted(unknown)}")
     return data

@@ -24,15 +24,9 @@ module branches on encoder names.
 - `cnn_small`: four conv + max-pool blocks and a 4x4 spatial map flattened to 2048-d;
   fast on CPUs, keeps where things are (for the synthetic scenes). Max-pooling rather
   than strided convolutions: its features tell small shapes apart better, random
-  (a linear probe: 81% vs 72% of shapes) and trained (benchmarks/README.md).
-
-Any of them may carry a *label head* (`ModelConfig.encoder_label_head`): the linear
-classifier that `showtell pretrain-encoder` trains on the encoder's features, one
-softmax per label slot (the synthetic scenes: 9 grid cells x 33 classes). Its class
-probabilities are appended to the features, so the decoder receives what the encoder
-recognised as well as the features it recognised it from (predicted labels as the image
-input, as attribute-based captioners do). Without it the decoder must itself learn which
-colour goes with which shape from features that code them separately.
+  (a linear probe: 81% vs 72% of shapes) and trained (benchmarks/README.md). Nobody
+  publishes weights for it: it starts random, with batch-norm statistics calibrated on
+  the training images (`calibrate_batch_norm`).
 """
 
 from __future__ import annotations
@@ -90,9 +84,7 @@ class EncoderEntry:
 
 
 class Encoder(nn.Module):
-    """Wraps a backbone: (B, 3, H, W) in [-1, 1] -> (B, output_dim): the backbone's
-    `feature_dim` pooled features, then the label head's `label_slots * label_classes`
-    probabilities when it has one."""
+    """Wraps a backbone: (B, 3, H, W) in [-1, 1] -> (B, output_dim) pooled features."""
 
     def __init__(self, name: str, entry: EncoderEntry, backbone: nn.Module):
         super().__init__()
@@ -100,9 +92,7 @@ class Encoder(nn.Module):
         self.entry = entry
         self.backbone = backbone
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
-        self.feature_dim = entry.feature_dim
-        self.label_slots = self.label_classes = 0
-        self.label_head: nn.Linear | None = None
+        self.output_dim = entry.feature_dim
         # [-1, 1] -> (x01 - mean) / std as one multiply-add, x01 = (x + 1) / 2; skipped
         # when it is the identity (Inception), so that those features stay bit-exact.
         mean, std = entry.norm
@@ -112,33 +102,12 @@ class Encoder(nn.Module):
         self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
 
-    def add_label_head(self, slots: int, classes: int) -> None:
-        """A linear classifier on the features, `classes` per slot (see the module doc)."""
-        self.label_slots, self.label_classes = slots, classes
-        self.label_head = nn.Linear(self.feature_dim, slots * classes)
-
-    @property
-    def output_dim(self) -> int:
-        """Size of `forward`'s output: the features, then the label probabilities."""
-        return self.feature_dim + self.label_slots * self.label_classes
-
-    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images  # (B, 3, H, W) in [-1, 1]
         if self.normalize:
             x = x * self.scale + self.shift  # the entry's normalisation
-        return self.backbone(x).flatten(1)  # (B, F)
-
-    def label_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F) backbone features -> (B, slots, classes) label-head logits."""
-        assert self.label_head is not None, "this encoder has no label head"
-        return self.label_head(features).view(-1, self.label_slots, self.label_classes)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.backbone_features(images)  # (B, F)
-        if self.label_head is not None:
-            probs = self.label_logits(features).softmax(-1)  # (B, S, C)
-            features = torch.cat([features, probs.flatten(1)], 1)  # (B, F + S * C)
-        return self.dropout(features)  # (B, D)
+        features = self.backbone(x).flatten(1)  # (B, F)
+        return self.dropout(features)
 
 
 @torch.no_grad()
@@ -391,15 +360,11 @@ def build_encoder(
     name: str,
     batch_norm_decay: float = 0.9997,
     dropout: float = 0.0,
-    label_head: tuple[int, ...] = (),
 ) -> Encoder:
-    """A randomly initialised encoder, with a label head of (slots, classes) when given;
-    weights are loaded by `load_pretrained`."""
+    """A randomly initialised encoder; weights are loaded by `load_pretrained`."""
     entry = encoder_entry(name)
     encoder = Encoder(name, entry, entry.build(batch_norm_decay))
     encoder.dropout.p = dropout
-    if label_head:
-        encoder.add_label_head(*label_head)
     return encoder
 
 
@@ -428,19 +393,10 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 def load_encoder_weights(encoder: Encoder, state: dict[str, torch.Tensor], source: str) -> None:
     """Loads a torchvision-style state dict (keys with or without `backbone.`), ignoring
-    the classifier and Inception's auxiliary head; and the label head (`label_head.`
-    keys, as `pretrain-encoder` writes them) when the encoder has one."""
-    head: dict[str, torch.Tensor] = {}
-    body: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.startswith("label_head."):
-            head[key.removeprefix("label_head.")] = value
-        else:
-            body[key.removeprefix("backbone.")] = value
-    if encoder.label_head is not None:
-        _load_label_head(encoder, head, source)
+    the classifier and Inception's auxiliary head."""
     ignored = encoder.entry.head_keys
-    state = {k: v for k, v in body.items() if not k.startswith(ignored)}
+    state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(ignored)}
     result = encoder.backbone.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(ignored)]
     if missing or result.unexpected_keys:
@@ -451,25 +407,6 @@ def load_encoder_weights(encoder: Encoder, state: dict[str, torch.Tensor], sourc
         )
 
 
-def _load_label_head(encoder: Encoder, state: dict[str, torch.Tensor], source: str) -> None:
-    assert encoder.label_head is not None
-    wanted = f"{encoder.label_slots} slots x {encoder.label_classes} classes"
-    if not state:
-        raise ShowtellError(
-            f"{source}: has no label head, and the model config asks for one "
-            f"(encoder_label_head: {wanted}); pass the weights `showtell pretrain-encoder` "
-            "wrote, or leave encoder_label_head out"
-        )
-    weight = state.get("weight")
-    if weight is None or tuple(weight.shape) != tuple(encoder.label_head.weight.shape):
-        found = "none" if weight is None else "x".join(map(str, weight.shape))
-        raise ShowtellError(
-            f"{source}: its label head ({found} weights) does not fit the model config's "
-            f"encoder_label_head ({wanted} on {encoder.feature_dim} features)"
-        )
-    encoder.label_head.load_state_dict(state)
-
-
 def load_pretrained(encoder: Encoder, checkpoint_file: str = "") -> str:
     """Initialises the encoder from a file, else from its registry entry's published
     weights (torchvision's and timm's downloaded when a network is there, EfficientNet-
@@ -478,13 +415,8 @@ def load_pretrained(encoder: Encoder, checkpoint_file: str = "") -> str:
     if checkpoint_file:
         load_encoder_weights(encoder, _load_state_dict_file(Path(checkpoint_file)), checkpoint_file)
         return checkpoint_file
-    if encoder.label_head is not None:
-        raise ShowtellError(
-            "encoder_label_head needs a trained label head: pass the weights "
-            "`showtell pretrain-encoder` wrote as --inception_checkpoint_file"
-        )
     if encoder.entry.weights is None:
-        return f"random ({encoder.name} has no published weights; see pretrain-encoder)"
+        return f"random ({encoder.name} has no published weights)"
     try:
         state, source = encoder.entry.weights()
     except Exception as e:  # no network, no package, no such weights: all end the same way

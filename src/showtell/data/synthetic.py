@@ -8,9 +8,7 @@ COCO 2014's (a train and a val image folder, one COCO caption file per split), s
 the records are built with the very command a COCO user runs, im2txt's split
 included. The ground truth of every image is saved in `annotations/attributes.json`,
 and `caption_is_correct` scores whether a caption names the colour and shape of
-every object (and no other). `annotations/object_labels.json` holds the same ground
-truth as classes (for each cell: empty, or colour x shape), the labels file
-`pretrain-encoder` trains an encoder on.
+every object (and no other).
 
 Deterministic by seed: image i depends only on (seed, i), whatever the number of
 worker processes.
@@ -59,11 +57,8 @@ SIZE_WORDS: dict[str, tuple[str, ...]] = {
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "center", "right")
 NUMBER_WORDS = {2: "two", 3: "three"}
-# The classes of `cell_labels` after "empty".
-LABEL_KINDS = [(colour, shape) for colour in COLOURS for shape in SHAPE_WORDS]
 # Relative radius of each size, as a fraction of the image side.
 RADIUS = {"small": 0.10, "large": 0.155}
-OBJECT_LABELS_FILE = "object_labels.json"
 
 
 @dataclass(frozen=True)
@@ -175,15 +170,6 @@ def _names_exactly(mentions: list[tuple[str, str]], objects: Sequence[SceneObjec
 def caption_is_correct(caption: str | Sequence[str], objects: Sequence[SceneObject]) -> bool:
     """True when the caption names the colour and shape of every object, and no other."""
     return _names_exactly(caption_mentions(caption), objects)
-
-
-def cell_labels(objects: Sequence[SceneObject]) -> list[int]:
-    """One class per cell of the 3x3 grid, in reading order: 0 for an empty cell, else
-    1 + the index of the object's (colour, shape) in LABEL_KINDS."""
-    labels = [0] * 9
-    for o in objects:
-        labels[o.row * 3 + o.column] = 1 + LABEL_KINDS.index((o.colour, o.shape))
-    return labels
 
 
 def attribute_accuracy(
@@ -342,15 +328,6 @@ def make_synthetic(
         "images": {str(e["id"]): e["objects"] for e in entries},
     }
     (output_dir / "annotations" / "attributes.json").write_text(json.dumps(attributes))
-    labels = {
-        "slots": 9,
-        "classes": 1 + len(LABEL_KINDS),
-        "names": ["empty"] + [f"{colour} {shape}" for colour, shape in LABEL_KINDS],
-        "labels": {
-            str(e["id"]): cell_labels([SceneObject(**o) for o in e["objects"]]) for e in entries
-        },
-    }
-    (output_dir / "annotations" / OBJECT_LABELS_FILE).write_text(json.dumps(labels))
     seconds = time.perf_counter() - start
     summary = {
         "output_dir": str(output_dir),
