@@ -29,7 +29,7 @@ import torchvision
 
 from showtell.config import ImageConfig
 from showtell.data.dataset import CaptionDataset, make_loader
-from showtell.data.synthetic import SyntheticConfig, make_synthetic
+from showtell.demo.synthetic import SyntheticConfig, make_synthetic
 
 
 def _tree_rss_bytes(pid: int) -> int:

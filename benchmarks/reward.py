@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from showtell.config import ModelConfig, load_preset, preset_section
-from showtell.data.synthetic import make_caption, sample_scene
 from showtell.data.vocab import Vocabulary
+from showtell.demo.synthetic import make_caption, sample_scene
 from showtell.evaluation.cider import CiderD, DocumentFrequencies
 from showtell.evaluation.ptb_tokenizer import tokenize
 from showtell.model import ShowAndTell

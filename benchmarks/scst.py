@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from showtell.config import ModelConfig, TrainConfig
-from showtell.data.synthetic import make_caption, sample_scene
 from showtell.data.tokenize import tokenize_caption
 from showtell.data.vocab import Vocabulary
+from showtell.demo.synthetic import make_caption, sample_scene
 from showtell.model import ShowAndTell
 from showtell.training.features import FeatureCache
 from showtell.training.scst import ImageRows, SelfCritical

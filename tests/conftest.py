@@ -12,7 +12,7 @@ from PIL import Image
 
 from showtell.config import TrainConfig
 from showtell.data.build import BuildConfig, build_mscoco
-from showtell.data.synthetic import SyntheticConfig, make_synthetic
+from showtell.demo.synthetic import SyntheticConfig, make_synthetic
 
 # If the interpreter has not exited this long after the last test, something blocks it
 # (a thread that never ends, a __del__ waiting on a lock): every thread's stack is

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from showtell.cli import main
-from showtell.data.synthetic import attribute_accuracy, load_attributes
-from showtell.demo import SETTINGS_FILE, _reuse_train_dir
+from showtell.demo.pipeline import SETTINGS_FILE, _reuse_train_dir
+from showtell.demo.synthetic import attribute_accuracy, load_attributes
 from showtell.evaluation.evaluate import load_references
 from showtell.evaluation.metrics import ptb_tokenize
 

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from showtell.cli import main
-from showtell.data.synthetic import (
+from showtell.demo.synthetic import (
     COLOURS,
     SceneObject,
     SyntheticConfig,

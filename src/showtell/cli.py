@@ -289,7 +289,7 @@ def _add_show_records_command(sub: Any) -> None:
 
 
 def _cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from showtell.data.synthetic import SyntheticConfig, make_synthetic
+    from showtell.demo.synthetic import SyntheticConfig, make_synthetic
 
     config = SyntheticConfig(
         num_images=args.images,
@@ -308,7 +308,7 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def _add_make_synthetic_command(sub: Any) -> None:
-    from showtell.data.synthetic import SyntheticConfig
+    from showtell.demo.synthetic import SyntheticConfig
 
     d = SyntheticConfig()
     p = sub.add_parser(
@@ -808,7 +808,7 @@ def _add_convert_im2txt_checkpoint_command(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from showtell.demo import run_demo
+    from showtell.demo.pipeline import run_demo
 
     run_demo(args.output_dir, args.config)
     return 0

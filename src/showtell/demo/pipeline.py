@@ -40,7 +40,7 @@ from showtell.config import (
 )
 from showtell.data.build import DATASET_JSON, BuildConfig, build_mscoco, format_summary
 from showtell.data.records import expand_file_patterns
-from showtell.data.synthetic import (
+from showtell.demo.synthetic import (
     SyntheticConfig,
     attribute_accuracy,
     image_filename,
