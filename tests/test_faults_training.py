@@ -36,10 +36,20 @@ from showtell.checkpoint import (
 )
 from showtell.cli import main
 from showtell.config import model_config_from_dict
+from showtell.device import Process
 from showtell.errors import ShowtellError
+from showtell.logs import configure_console
 from showtell.model import ShowAndTell
+from showtell.training.batches import RecordBatches
 from showtell.training.features import build_feature_cache
-from showtell.training.train import Process, RecordBatches, train
+from showtell.training.train import train
+
+
+@pytest.fixture(autouse=True)
+def console() -> None:
+    """The log on the console, as the command line shows it (these tests read it)."""
+    configure_console()
+
 
 # From images: crops and flips, but no colour distortion (torchvision's hue costs 20 ms
 # an image here); the distortions all draw from the same per-example seed.
@@ -208,7 +218,7 @@ def test_signals_during_a_save_neither_tear_it_nor_are_lost(
 ) -> None:
     """SIGTERM then SIGINT arrive while the step-4 checkpoint is being written: it is
     finished, the loop stops at the next step boundary, saves that step and exits 143."""
-    import showtell.training.train as training
+    import showtell.training.state as training
 
     real_save = training.save_checkpoint
 

@@ -28,7 +28,14 @@ from showtell.checkpoint import (
 )
 from showtell.cli import main
 from showtell.errors import ShowtellError
+from showtell.logs import configure_console
 from showtell.training.train import train
+
+
+@pytest.fixture(autouse=True)
+def console() -> None:
+    """The log on the console, as the command line shows it (these tests read it)."""
+    configure_console()
 
 
 @pytest.fixture
@@ -155,7 +162,7 @@ def test_clear_errors(records: Path, tmp_path: Path, capsys) -> None:
         train(config(other, run, 2), MODEL)
 
     train(config(records, tmp_path / "fresh", 2, train_inception=True), MODEL)
-    assert "warning: phase 2 on an empty train_dir" in capsys.readouterr().out
+    assert "warning: phase 2 on an empty train_dir" in capsys.readouterr().err
 
     code = main(["train", f"--input_file_pattern={tmp_path / 'x-*'}", f"--train_dir={run}"])
     assert code == 2 and "no files match this pattern" in capsys.readouterr().err

@@ -17,6 +17,7 @@ slower). `--cpu_bf16` is read by `auto` only: an explicit `--precision` decides 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
@@ -26,6 +27,9 @@ import torch
 import torch.distributed as dist
 
 from showtell.errors import ShowtellError
+from showtell.logs import quiet_other_ranks
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -82,7 +86,8 @@ def _cuda(index: int, spec: str) -> torch.device:
 
 def setup_process(device_spec: str, environ: Mapping[str, str] = os.environ) -> Process:
     """One process, or a DDP process group when launched by torchrun (WORLD_SIZE > 1):
-    NCCL on GPUs (each process pinned to its own), gloo on CPUs."""
+    NCCL on GPUs (each process pinned to its own), gloo on CPUs. Only rank 0 logs
+    progress (the others their warnings and errors)."""
     world_size = int(environ.get("WORLD_SIZE", "1"))
     local_rank = int(environ.get("LOCAL_RANK", "0"))
     device = select_device(device_spec, local_rank, world_size)
@@ -94,7 +99,9 @@ def setup_process(device_spec: str, environ: Mapping[str, str] = os.environ) -> 
     dist.init_process_group(
         "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=4)
     )
-    return Process(int(environ["RANK"]), world_size, device)
+    rank = int(environ["RANK"])
+    quiet_other_ranks(rank)
+    return Process(rank, world_size, device)
 
 
 def cpu_has_bf16() -> bool:
@@ -108,10 +115,18 @@ def compute_dtype(
     device: torch.device,
     precision: str = "auto",
     cpu_bf16: bool = False,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] | None = None,
 ) -> torch.dtype:
     """float32 or bfloat16, as `precision` decides on `device` (the module's docstring);
-    says once why a wish for bfloat16 is not or only slowly granted."""
+    says once why a wish for bfloat16 is not or only slowly granted (to `say`, else to
+    the log)."""
+
+    def note(message: str, level: int = logging.INFO) -> None:
+        if say is None:
+            logger.log(level, message)
+        else:
+            say(f"warning: {message}" if level >= logging.WARNING else message)
+
     if precision not in PRECISIONS:
         raise ShowtellError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -120,14 +135,17 @@ def compute_dtype(
         if device.type not in ("cpu", "cuda"):
             raise ShowtellError(f"--precision bf16: on cpu and cuda only, not {device.type}")
         if device.type == "cpu" and not cpu_has_bf16():
-            say("warning: --precision bf16: this CPU has no bfloat16 instructions (emulated, slow)")
+            note(
+                "--precision bf16: this CPU has no bfloat16 instructions (emulated, slow)",
+                logging.WARNING,
+            )
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16
     if device.type == "cpu" and cpu_bf16:
         if cpu_has_bf16():
             return torch.bfloat16
-        say("cpu_bf16: this CPU has no bfloat16 instructions; training in float32")
+        note("cpu_bf16: this CPU has no bfloat16 instructions; training in float32")
     return torch.float32
 
 
