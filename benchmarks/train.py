@@ -3,27 +3,32 @@
     python benchmarks/train.py [--steps 20] [--batch_size 32] [--device cpu|cuda]
                                [--bf16] [--caption_words 12]
 
-Both paths run the real model's training step (forward, backward, global-norm clip,
-SGD) at im2txt's sizes: Inception v3 at 299x299, V = 12,000, LSTM 512, batch 32,
-captions of ~12 words (+ <S>/</S>; lengths vary by +-3 as real captions do). The
-"encoder every step" path adds the frozen Inception v3 forward pass on the batch's
-images (already decoded, in memory: the loader runs in parallel and was measured in
-prepare.py). The decoder's achieved GFLOP/s counts the matmul work of the training
-step (forward + backward = 3 x forward FLOPs: image embedding, the LSTM over every
-position, logits over real words only) against a measured fp32 (or bf16) matmul peak.
+Both paths time the trainer's own step (`showtell.training.step.TrainStep`: forward,
+backward, global-norm clip, SGD), as `showtell train` runs it, at im2txt's sizes:
+Inception v3 at 299x299, V = 12,000, LSTM 512, batch 32, captions of ~12 words
+(+ <S>/</S>; lengths vary by +-3 as real captions do). The "encoder every step" path
+adds the frozen Inception v3 forward pass on the batch's images (already decoded, in
+memory: the loader runs in parallel and was measured in prepare.py), as phase 1 with
+`--no-feature-cache` does. The decoder's achieved GFLOP/s counts the matmul work of
+the training step (forward + backward = 3 x forward FLOPs: image embedding, the LSTM
+over every position, logits over real words only) against a measured fp32 (or bf16)
+matmul peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
-from contextlib import nullcontext
 
 import torch
 
-from showtell.config import ModelConfig
+from showtell.config import ModelConfig, TrainConfig
+from showtell.data.dataset import Batch
+from showtell.device import precision_context
 from showtell.model import ShowAndTell
+from showtell.training.step import Phase, TrainStep
 
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
@@ -100,40 +105,43 @@ def main() -> None:
 
     config = ModelConfig(vocab_size=12000)
     model = ShowAndTell(config).to(device)
-    model.set_train_encoder(False)
+    settings = TrainConfig()  # im2txt's: SGD, learning rate 2.0, clipping at norm 5
+    cached_phase = Phase.from_config(settings)  # phase 1 on cached features
+    model.set_train_encoder(cached_phase.train_encoder)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=2.0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 else nullcontext()
+    lr = cached_phase.learning_rate(0, settings, steps_per_epoch=1e9)
+    optimizer = cached_phase.optimizer_for(model, lr)
+    autocast = precision_context(device, torch.bfloat16 if args.bf16 else torch.float32)
     input_seqs, target_seqs, mask = make_batch(
         args.batch_size, args.caption_words, 12000, device, seed=0
     )
+    ids = torch.arange(args.batch_size, device=device)
     features = torch.randn(args.batch_size, 2048, device=device)
     images = torch.rand(args.batch_size, 3, 299, 299, device=device) * 2 - 1
+    cached_batch = Batch(features, input_seqs, target_seqs, mask, ids)
+    image_batch = Batch(images, input_seqs, target_seqs, mask, ids)
 
-    def train_step(feats: torch.Tensor) -> None:
-        with autocast:
-            loss = model(input_seqs, target_seqs, mask, features=feats)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        optimizer.step()
+    def step_of(phase: Phase) -> TrainStep:
+        return TrainStep(model, optimizer, phase, settings.clip_gradients, autocast=autocast)
 
-    def cached_step() -> None:
-        train_step(features)
+    cached_step, encoder_step = (
+        step_of(cached_phase),
+        step_of(dataclasses.replace(cached_phase, cached_features=False)),
+    )
 
-    def encoder_step() -> None:
-        with autocast:
-            feats = model.image_features(images)
-        train_step(feats)
+    def cached_step_fn() -> None:
+        cached_step(cached_batch, lr)
 
-    cached = time_steps(cached_step, args.steps, device)
+    def encoder_step_fn() -> None:
+        encoder_step(image_batch, lr)
+
+    cached = time_steps(cached_step_fn, args.steps, device)
     cached_rate = args.batch_size / cached
     print(
         f"phase 1, cached features:     {cached_rate:,.1f} captions/s ({cached * 1e3:.1f} ms/step)"
     )
     if not args.skip_encoder:
-        encoder = time_steps(encoder_step, args.encoder_steps, device)
+        encoder = time_steps(encoder_step_fn, args.encoder_steps, device)
         encoder_rate = args.batch_size / encoder
         print(
             f"phase 1, encoder every step:  {encoder_rate:,.1f} captions/s "
