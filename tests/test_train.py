@@ -253,6 +253,7 @@ def test_two_process_gloo_ddp(records: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "batch 8 x 2 process(es)" in result.stdout
     assert result.stdout.count("Finished training at step 12") == 1  # rank 0 only
+    assert result.stdout.count("Feature cache:") == 1  # not rank 1's "reusing" as well
     assert [step for step, _ in list_checkpoints(run)] == [6, 12]
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
     assert not list(run.glob(".tmp-*"))

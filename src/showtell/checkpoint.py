@@ -28,11 +28,11 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ from showtell.config import ModelConfig, model_config_from_dict, to_dict
 from showtell.data.vocab import MARKERS, Vocabulary
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -123,10 +125,6 @@ def list_checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
     return [(step, path) for step, path in checkpoint_folders(train_dir) if is_complete(path)]
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
 def latest_checkpoint(path: str | Path, strict: bool = False) -> Path | None:
     """The newest intact checkpoint, verified by content: `path` itself if it is a
     checkpoint folder (an error if damaged), else the train_dir's from the highest step
@@ -147,7 +145,7 @@ def latest_checkpoint(path: str | Path, strict: bool = False) -> Path | None:
         if problem is None:
             return candidate
         damaged.append(f"{candidate.name}: {problem}")
-        _warn(f"{candidate}: damaged checkpoint skipped ({problem})")
+        logger.warning("%s: damaged checkpoint skipped (%s)", candidate, problem)
     if strict and damaged:
         raise ShowtellError(
             f"{path}: no intact checkpoint among {len(damaged)} ({damaged[0]}); "

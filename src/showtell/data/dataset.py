@@ -20,10 +20,10 @@ starts at the reader that was due next.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,8 @@ from showtell.config import SHUFFLE_BUFFER, ImageConfig
 from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor
 from showtell.data.records import CaptionRecord, expand_file_patterns, read_caption_records
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -232,7 +234,7 @@ class CaptionDataset(IterableDataset):
                 try:
                     image = preprocess(record.image_data)
                 except BadImageError as e:
-                    print(f"warning: skipping image {record.image_id}: {e}", file=sys.stderr)
+                    logger.warning("skipping image %s: %s", record.image_id, e)
                     continue
             caption = torch.tensor(record.caption_ids, dtype=torch.int64)
             yield Example(image, caption, record.image_id, (local, index + 1))

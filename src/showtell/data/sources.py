@@ -20,14 +20,16 @@ written, like any unreadable image.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from showtell.data.images import printable
 from showtell.errors import ShowtellError
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -125,11 +127,11 @@ def _check_unique(problems: _Problems, seen: dict[int, str], image_id: int, wher
 
 def _warn_uncaptioned(path: Path, uncaptioned: list[str]) -> None:
     if uncaptioned:
-        print(
-            f"warning: {printable(str(path))}: {len(uncaptioned):,} images have no caption "
-            f"and are left out (the first: {uncaptioned[0]})",
-            file=sys.stderr,
-            flush=True,
+        logger.warning(
+            "%s: %s images have no caption and are left out (the first: %s)",
+            printable(str(path)),
+            f"{len(uncaptioned):,}",
+            uncaptioned[0],
         )
 
 

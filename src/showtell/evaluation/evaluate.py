@@ -19,6 +19,7 @@ import contextlib
 import html
 import io
 import json
+import logging
 import math
 import sys
 import time
@@ -40,6 +41,8 @@ from showtell.errors import ShowtellError
 from showtell.evaluation.metrics import METRIC_NAMES, Scores, format_scores, score_captions
 from showtell.inference import Captioner
 from showtell.tf_import.reader import find_tf_checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -138,13 +141,14 @@ def run_perplexity_loop(
             if path is None:
                 if once:
                     raise ShowtellError(f"{checkpoint_dir}: no complete checkpoint found")
-                print(f"No checkpoint found in {checkpoint_dir}; waiting", flush=True)
+                logger.info("No checkpoint found in %s; waiting", checkpoint_dir)
             elif path != last_evaluated:
                 checkpoint = load_checkpoint(path, vocab_file=vocab_file)
                 if checkpoint.step < min_global_step:
-                    print(
-                        f"Skipping evaluation. Global step = {checkpoint.step} < {min_global_step}",
-                        flush=True,
+                    logger.info(
+                        "Skipping evaluation. Global step = %d < %d",
+                        checkpoint.step,
+                        min_global_step,
                     )
                 else:
                     result = evaluate_perplexity(
@@ -153,10 +157,12 @@ def run_perplexity_loop(
                     writer.add_scalar("Perplexity", result.perplexity, result.step)
                     writer.flush()
                     results.append(result)
-                    print(
-                        f"Perplexity at step {result.step}: {result.perplexity:.4f} "
-                        f"({result.words:,} words in {result.examples:,} examples)",
-                        flush=True,
+                    logger.info(
+                        "Perplexity at step %d: %.4f (%s words in %s examples)",
+                        result.step,
+                        result.perplexity,
+                        f"{result.words:,}",
+                        f"{result.examples:,}",
                     )
                 last_evaluated = path
             if once:
@@ -279,7 +285,7 @@ def caption_split(
                 tensors.append(preprocess(images[image_id]))
                 chunk.append(image_id)
             except BadImageError as e:
-                print(f"warning: image {image_id}: {e}", file=sys.stderr)
+                logger.warning("image %s: %s", image_id, e)
                 results[image_id] = ""
         if tensors:
             for image_id, captions in zip(
@@ -377,9 +383,11 @@ def evaluate_metrics(
             writer.add_scalar(f"metrics/{name}", value, step)
     writer.close()
     write_gallery(eval_dir / "gallery.html", results, references, images, scores, gallery_size)
-    print(format_scores(scores))
-    print(
-        f"Scored {len(results):,} images at step {step}; gallery: {eval_dir / 'gallery.html'}",
-        flush=True,
+    logger.info("%s", format_scores(scores))
+    logger.info(
+        "Scored %s images at step %d; gallery: %s",
+        f"{len(results):,}",
+        step,
+        eval_dir / "gallery.html",
     )
     return scores, results

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
 import subprocess
-import sys
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +34,8 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from showtell.errors import ShowtellError
 from showtell.evaluation.ptb_tokenizer import line_breaks, tokenize
+
+logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -158,11 +160,12 @@ def score_captions(
     shifting = line_breaks([c for refs in references.values() for c in refs])
     shifting += line_breaks(list(hypotheses.values()))
     if shifting:
-        print(
-            f"warning: {len(shifting)} captions hold a line break other than \\n (e.g. "
-            f"{shifting[0]!r}); the official tokenization splits them into lines and so "
-            "shifts the captions after them onto other images' tokens: so do these scores",
-            file=sys.stderr,
+        logger.warning(
+            "%d captions hold a line break other than \\n (e.g. %r); the official "
+            "tokenization splits them into lines and so shifts the captions after them onto "
+            "other images' tokens: so do these scores",
+            len(shifting),
+            shifting[0],
         )
     gts = tokenize(references, tokenizer)
     res = tokenize({i: [h] for i, h in hypotheses.items()}, tokenizer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -40,6 +41,8 @@ from showtell.data.records import read_caption_records
 from showtell.device import precision_context
 from showtell.encoders import Encoder
 from showtell.errors import ShowtellError
+
+logger = logging.getLogger(__name__)
 
 FEATURES_FILE = "features.npy"
 PAIRS_FILE = "pairs.npz"
@@ -145,7 +148,7 @@ class _FirstOccurrences(IterableDataset):
                     try:
                         yield row, preprocess(record.image_data)
                     except BadImageError as e:
-                        print(f"warning: image {record.image_id}: {e}", file=sys.stderr)
+                        logger.warning("image %s: %s", record.image_id, e)
                         yield row, torch.zeros(3, self.image.height, self.image.width)
 
 
@@ -165,7 +168,7 @@ def build_feature_cache(
     directory = cache_root / cache_key(encoder, image, files, dtype)
     remove_stale_temporaries(cache_root)
     if (directory / META_FILE).is_file():
-        print(f"Feature cache: reusing {directory}", flush=True)
+        logger.info("Feature cache: reusing %s", directory)
         return FeatureCache.open(directory)
 
     # Pass 1: every training pair's caption ids; one record chosen per image.
@@ -217,8 +220,11 @@ def build_feature_cache(
             message = f"{cache_root}: cannot write the feature cache: {e.strerror or e}"
             raise ShowtellError(message) from e
         raise
-    print(
-        f"Feature cache: {len(rows):,} images, {len(pair_rows):,} pairs -> {directory}", flush=True
+    logger.info(
+        "Feature cache: %s images, %s pairs -> %s",
+        f"{len(rows):,}",
+        f"{len(pair_rows):,}",
+        directory,
     )
     return FeatureCache.open(directory)
 
