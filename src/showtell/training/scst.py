@@ -149,7 +149,7 @@ class SentenceBleu:
 
 
 class ImageRows:
-    """The feature cache image by image, for train.py's `CachedBatches`: each "pair" is
+    """The feature cache image by image, for `batches.CachedBatches`: each "pair" is
     one image. A batch holds the images' features and ids; no captions (SCST samples
     its own)."""
 
