@@ -13,6 +13,7 @@ from PIL import Image
 from showtell.config import TrainConfig
 from showtell.data.build import BuildConfig, build_mscoco
 from showtell.demo.synthetic import SyntheticConfig, make_synthetic
+from showtell.logs import configure_console
 
 # If the interpreter has not exited this long after the last test, something blocks it
 # (a thread that never ends, a __del__ waiting on a lock): every thread's stack is
@@ -22,6 +23,13 @@ EXIT_WATCHDOG_S = 300
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _console_log() -> None:
+    """The library's log lines on the console, as the CLI shows them, for tests that
+    call library functions directly and read what they report."""
+    configure_console()
 
 
 # A model small enough to train in seconds on the synthetic 32x32 scenes.

@@ -17,6 +17,7 @@ from typing import Any
 
 from showtell import __version__
 from showtell.errors import ShowtellError
+from showtell.logs import configure_console
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -849,6 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_console()  # the library's log lines, as plain lines on the console
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
