@@ -210,9 +210,7 @@ def test_encoder_grid_averages_each_cell_of_the_feature_map() -> None:
     encoder = build_encoder("timm/test_efficientnet", grid=2).eval()
     load_encoder_weights(encoder, reference.state_dict(), "timm test_efficientnet")
     x = torch.rand(2, 3, 128, 128) * 2 - 1
-    mean, std = (
-        torch.tensor(reference.pretrained_cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std")
-    )
+    mean, std = (torch.tensor(reference.pretrained_cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     with torch.no_grad():
         expected = _quadrant_means(reference.forward_features(((x + 1) / 2 - mean) / std))
         torch.testing.assert_close(encoder(x), expected, rtol=1e-5, atol=1e-5)
