@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from showtell.config import PRESETS_DIR, ImageConfig, load_preset, preset_section
@@ -188,42 +187,3 @@ def test_every_shipped_preset_loads_and_builds(path: Path) -> None:
     image = model_config.image
     with torch.no_grad():
         assert model.encoder(torch.zeros(1, 3, image.height, image.width)).isfinite().all()
-
-
-def _quadrant_means(feature_map: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w), h and w even -> (B, C * 4): each quadrant's mean, channel-major,
-    cells in reading order; written with slices, not the adaptive pooling under test."""
-    h, w = feature_map.shape[2] // 2, feature_map.shape[3] // 2
-    cells = [
-        feature_map[:, :, i * h : (i + 1) * h, j * w : (j + 1) * w].mean(dim=(2, 3))
-        for i in range(2)
-        for j in range(2)
-    ]
-    return torch.stack(cells, dim=2).flatten(1)  # (B, C, 4) -> (B, C * 4)
-
-
-def test_encoder_grid_averages_each_cell_of_the_feature_map() -> None:
-    """`encoder_grid 2`: the average of each quadrant of the backbone's last feature map,
-    computed here from timm's and torchvision's own networks; grid 1 stays the pool."""
-    torch.manual_seed(0)
-    reference = timm.create_model("test_efficientnet").eval()
-    encoder = build_encoder("timm/test_efficientnet", grid=2).eval()
-    load_encoder_weights(encoder, reference.state_dict(), "timm test_efficientnet")
-    x = torch.rand(2, 3, 128, 128) * 2 - 1
-    mean, std = (torch.tensor(reference.pretrained_cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
-    with torch.no_grad():
-        expected = _quadrant_means(reference.forward_features(((x + 1) / 2 - mean) / std))
-        torch.testing.assert_close(encoder(x), expected, rtol=1e-5, atol=1e-5)
-    assert encoder.output_dim == 4 * reference.num_features
-
-    resnet = torchvision.models.resnet18().eval()
-    encoder = build_encoder("resnet18", grid=2).eval()
-    load_encoder_weights(encoder, resnet.state_dict(), "torchvision resnet18")
-    body = nn.Sequential(*list(resnet.children())[:-2])  # up to layer4: (B, 512, 4, 4)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET_NORM)
-    with torch.no_grad():
-        expected = _quadrant_means(body(((x + 1) / 2 - mean) / std))
-        torch.testing.assert_close(encoder(x), expected, rtol=1e-5, atol=1e-5)
-
-    with pytest.raises(ShowtellError, match="cnn_small has no global average pool"):
-        build_encoder("cnn_small", grid=2)

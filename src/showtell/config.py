@@ -88,12 +88,6 @@ class ModelConfig:
     encoder_dropout_keep_prob: float = opt(0.8, "phase 2: keep-probability after pooling")
     encoder_weight_decay: float = opt(4e-5, "phase 2: L2 scale on the encoder's weights")
     encoder_batch_norm_decay: float = opt(0.9997, "phase 2: moving-average decay of encoder BN")
-    encoder_grid: int = opt(
-        1,
-        "1: the encoder's features averaged over the whole image (im2txt's); N: averaged "
-        "over each cell of an NxN grid and concatenated (N*N times the features): a coarse "
-        "map of where things are, for encoders with a global average pool",
-    )
     normalize_features: bool = opt(
         False,
         "standardise encoder features per dimension with statistics of the training "

@@ -81,39 +81,18 @@ class EncoderEntry:
     None when nobody publishes any."""
     head_keys: tuple[str, ...] = ()
     """Key prefixes of the classifier in weight files: not part of the backbone."""
-    pool: str = ""
-    """The backbone's attribute holding its global average pool, which `encoder_grid`
-    replaces with a grid of averages; "" when the network has none to replace."""
-
-
-class GridPool(nn.Sequential):
-    """(B, C, h, w) feature map -> (B, C * grid * grid): the average of each cell of a
-    grid x grid partition (torch's adaptive pooling: cells of near-equal size), flattened
-    channel-major. grid = 1 is the global average pool it replaces."""
-
-    def __init__(self, grid: int):
-        super().__init__(nn.AdaptiveAvgPool2d(grid), nn.Flatten(1))
 
 
 class Encoder(nn.Module):
-    """Wraps a backbone: (B, 3, H, W) in [-1, 1] -> (B, output_dim) pooled features,
-    output_dim = the entry's feature_dim x grid x grid (see `ModelConfig.encoder_grid`)."""
+    """Wraps a backbone: (B, 3, H, W) in [-1, 1] -> (B, output_dim) pooled features."""
 
-    def __init__(self, name: str, entry: EncoderEntry, backbone: nn.Module, grid: int = 1):
+    def __init__(self, name: str, entry: EncoderEntry, backbone: nn.Module):
         super().__init__()
         self.name = name
         self.entry = entry
-        self.grid = grid
-        if grid != 1:
-            if not entry.pool or not hasattr(backbone, entry.pool):
-                raise ShowtellError(
-                    f"--encoder_grid {grid}: encoder {name} has no global average pool to "
-                    "replace with a grid (use 1)"
-                )
-            setattr(backbone, entry.pool, GridPool(grid))
         self.backbone = backbone
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
-        self.output_dim = entry.feature_dim * grid * grid
+        self.output_dim = entry.feature_dim
         # [-1, 1] -> (x01 - mean) / std as one multiply-add, x01 = (x + 1) / 2; skipped
         # when it is the identity (Inception), so that those features stay bit-exact.
         mean, std = entry.norm
@@ -284,7 +263,6 @@ def _torchvision_entry(name: str) -> EncoderEntry:
         norm=norm,
         weights=partial(_torchvision_weights, name),
         head_keys=("fc.", "classifier."),
-        pool="avgpool",
     )
 
 
@@ -304,7 +282,6 @@ def _timm_entry(model_name: str) -> EncoderEntry:
         norm=(info.mean, info.std),
         weights=partial(timm_backbones.timm_weights, model_name),
         head_keys=info.head_keys,
-        pool="global_pool",
     )
 
 
@@ -335,7 +312,6 @@ def _efficientnet_lite(variant: int, size: int) -> EncoderEntry:
         norm=TF_LITE_NORM,
         weights=partial(timm_backbones.lite_weights, variant),
         head_keys=("classifier.",),
-        pool="global_pool",
     )
 
 
@@ -355,10 +331,8 @@ ENCODERS: dict[str, EncoderEntry] = {
         norm=INCEPTION_NORM,
         weights=partial(_torchvision_weights, "inception_v3"),
         head_keys=("fc.", "AuxLogits."),
-        pool="avgpool",
     ),
-    # Small and fast on CPUs, keeps where things are (a 4x4 grid of its own); nobody
-    # publishes weights for it.
+    # Small and fast on CPUs, keeps where things are; nobody publishes weights for it.
     "cnn_small": EncoderEntry(
         build=_cnn_small_backbone,
         feature_dim=2048,
@@ -386,11 +360,10 @@ def build_encoder(
     name: str,
     batch_norm_decay: float = 0.9997,
     dropout: float = 0.0,
-    grid: int = 1,
 ) -> Encoder:
     """A randomly initialised encoder; weights are loaded by `load_pretrained`."""
     entry = encoder_entry(name)
-    encoder = Encoder(name, entry, entry.build(batch_norm_decay), grid)
+    encoder = Encoder(name, entry, entry.build(batch_norm_decay))
     encoder.dropout.p = dropout
     return encoder
 

@@ -43,7 +43,6 @@ class ShowAndTell(nn.Module):
             config.encoder,
             batch_norm_decay=config.encoder_batch_norm_decay,
             dropout=1.0 - config.encoder_dropout_keep_prob,
-            grid=config.encoder_grid,
         )
         d, e, h, v = (
             self.encoder.output_dim,

@@ -62,8 +62,6 @@ def cache_key(
     if dtype != torch.float32:  # computed in bfloat16 (float32 caches keep their keys)
         h.update(str(dtype).encode())
     h.update(encoder.name.encode())
-    if encoder.grid != 1:  # (grid 1 caches keep their keys)
-        h.update(f"grid {encoder.grid}".encode())
     for name, tensor in encoder.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
