@@ -24,6 +24,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "showtell.evaluation.ptb_tokenizer": (1, "metrics"),
     "showtell.encoders": (2, "model"),
     "showtell.timm_backbones": (2, "model"),
+    "showtell.torchvision_backbones": (2, "model"),
     "showtell.model": (2, "model"),
     "showtell.ensemble": (2, "model"),
     "showtell.checkpoint": (2, "model"),

@@ -12,7 +12,7 @@ module branches on encoder names.
   inputs are already in [-1, 1], so the model is built with `transform_input=False`
   and sees exactly what it was trained on. Batch-norm uses TensorFlow's epsilon
   (0.001) and, when trained, im2txt's decay (0.9997); average pools leave padding out,
-  as TF-slim's (`_pool_as_tf_slim`). Weights also load from TF-slim's InceptionV3
+  as TF-slim's (`torchvision_backbones.py`). Weights also load from TF-slim's InceptionV3
   checkpoints, im2txt's `inception_v3.ckpt` (`showtell.tf_import.inception`).
 - any other torchvision classifier by name (`resnet50`, `efficientnet_b0`, ...): its
   classification layer removed, inputs converted from [-1, 1] to its weights'
@@ -32,7 +32,6 @@ module branches on encoder names.
 from __future__ import annotations
 
 import functools
-import socket
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,11 +39,9 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-from showtell import timm_backbones
+from showtell import timm_backbones, torchvision_backbones
 from showtell.config import ImageConfig
 from showtell.errors import ShowtellError
 
@@ -54,7 +51,7 @@ RGB = tuple[float, float, float]
 # images are in [-1, 1] (im2txt's scaling); each encoder converts them to what its
 # weights were trained on.
 INCEPTION_NORM: tuple[RGB, RGB] = ((0.5,) * 3, (0.5,) * 3)  # [-1, 1]: TF-slim, im2txt
-IMAGENET_NORM: tuple[RGB, RGB] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET_NORM: tuple[RGB, RGB] = torchvision_backbones.IMAGENET_NORM
 TF_LITE_NORM: tuple[RGB, RGB] = ((127 / 255,) * 3, (128 / 255,) * 3)  # (x - 127) / 128 on 0-255
 
 # A state dict in the backbone's layout (its classifier's keys may be there too), and
@@ -154,51 +151,6 @@ def _cnn_small() -> nn.Module:
     )
 
 
-def _strip_classifier(model: nn.Module, name: str) -> tuple[nn.Module, int]:
-    """Removes a torchvision classifier's last layers; returns (model, feature size)."""
-    fc = getattr(model, "fc", None)
-    if isinstance(fc, nn.Linear):
-        model.fc = nn.Identity()
-        return model, fc.in_features
-    classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, nn.Sequential):
-        for index, layer in enumerate(classifier):
-            if isinstance(layer, nn.Linear):
-                model.classifier = nn.Sequential(*classifier[:index], nn.Flatten())
-                return model, layer.in_features
-    raise ShowtellError(f"--encoder {name}: cannot find its classification layer to remove")
-
-
-def _exclude_padding(module: nn.Module, args: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
-    """Forward pre-hook of a `branch_pool` conv: its input is torchvision's 3x3 average
-    (stride 1, padding 1) that counted padded cells; dividing by the same pool of ones
-    (the share of real cells, k/9) makes it the mean over real cells only, TF's."""
-    (x,) = args
-    real = F.avg_pool2d(torch.ones_like(x[:1, :1]), kernel_size=3, stride=1, padding=1)
-    return (x / real,)
-
-
-def _pool_as_tf_slim(backbone: nn.Module) -> None:
-    """Makes Inception3's average pools (InceptionA, C, E: 3x3, stride 1, SAME padding)
-    exclude padded cells, as TF-slim's avg_pool2d does; torchvision's (functional
-    F.avg_pool2d calls) include them (count_include_pad).
-
-    Always, not as a mode: `inception_v3` is im2txt's encoder, TF-slim's InceptionV3,
-    and both weight sources learned with TF's pooling: TF-slim's checkpoints, and
-    torchvision's ImageNet weights, which were ported from TensorFlow (counting padding
-    is a porting shortcut there). So TF checkpoints compute exactly what TF computed
-    (tests/test_tf_inception.py checks against TensorFlow), and one definition of the
-    encoder means no checkpoint can be trained one way and run the other."""
-    blocks = (
-        torchvision.models.inception.InceptionA,
-        torchvision.models.inception.InceptionC,
-        torchvision.models.inception.InceptionE,
-    )
-    for module in backbone.modules():
-        if isinstance(module, blocks):
-            module.branch_pool.register_forward_pre_hook(_exclude_padding)
-
-
 def set_batch_norm_decay(backbone: nn.Module, decay: float) -> nn.Module:
     """TensorFlow's moving-average decay on every batch-norm layer (PyTorch's momentum
     is 1 - decay)."""
@@ -209,59 +161,33 @@ def set_batch_norm_decay(backbone: nn.Module, decay: float) -> nn.Module:
 
 
 def _inception_v3(batch_norm_decay: float) -> nn.Module:
-    """im2txt's encoder: torchvision's Inception v3 up to its 2048-d pooled features."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        backbone = torchvision.models.inception_v3(
-            weights=None, aux_logits=False, transform_input=False, init_weights=True
-        )
-    backbone.fc = nn.Identity()  # (B, 2048) after pooling
-    backbone.dropout = nn.Identity()  # the Encoder's own dropout replaces it
-    _pool_as_tf_slim(backbone)
-    return set_batch_norm_decay(backbone, batch_norm_decay)
-
-
-def _torchvision_weights(name: str) -> Weights:
-    """torchvision's ImageNet weights, downloaded into torch's cache when a network is
-    there (a 30 s socket timeout: no network fails fast instead of hanging)."""
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)
-    try:
-        return weights.get_state_dict(progress=False), f"torchvision {weights}"
-    finally:
-        socket.setdefaulttimeout(previous)
+    """Ported from TensorFlow: im2txt's decay when fine-tuned."""
+    return set_batch_norm_decay(torchvision_backbones.inception_v3(), batch_norm_decay)
 
 
 def _torchvision_backbone(name: str, batch_norm_decay: float) -> nn.Module:
     del batch_norm_decay  # torchvision's own momentum, as trained
-    return _strip_classifier(torchvision.models.get_model(name, weights=None), name)[0]
+    return torchvision_backbones.classifier_backbone(name)
 
 
 def _torchvision_entry(name: str) -> EncoderEntry:
     """Any torchvision classifier by name, its classification layer removed; input size
     and normalisation from its default weights' transforms."""
     try:
-        with torch.device("meta"):  # the feature size without allocating the network
-            _, dim = _strip_classifier(torchvision.models.get_model(name, weights=None), name)
+        info = torchvision_backbones.torchvision_info(name)
     except ValueError as e:
         raise ShowtellError(
             f"--encoder {name}: not a registered encoder ({', '.join(ENCODERS)}), a timm "
             f"model ({TIMM_PREFIX}NAME) nor a torchvision classifier (resnet50, ...)"
         ) from e
-    size, resize, norm = 224, 256, IMAGENET_NORM
-    try:
-        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-        size, resize = transforms.crop_size[0], transforms.resize_size[0]
-        norm = (tuple(transforms.mean), tuple(transforms.std))
-    except (ValueError, AttributeError, IndexError):
-        pass  # no published weights: ImageNet's usual 224 of 256
     return EncoderEntry(
         build=partial(_torchvision_backbone, name),
-        feature_dim=dim,
-        image=ImageConfig(resize_height=resize, resize_width=resize, height=size, width=size),
-        norm=norm,
-        weights=partial(_torchvision_weights, name),
+        feature_dim=info.feature_dim,
+        image=ImageConfig(
+            resize_height=info.resize, resize_width=info.resize, height=info.size, width=info.size
+        ),
+        norm=info.norm,
+        weights=partial(torchvision_backbones.torchvision_weights, name),
         head_keys=("fc.", "classifier."),
     )
 
@@ -329,7 +255,7 @@ ENCODERS: dict[str, EncoderEntry] = {
         feature_dim=2048,
         image=ImageConfig(),
         norm=INCEPTION_NORM,
-        weights=partial(_torchvision_weights, "inception_v3"),
+        weights=partial(torchvision_backbones.torchvision_weights, "inception_v3"),
         head_keys=("fc.", "AuxLogits."),
     ),
     # Small and fast on CPUs, keeps where things are; nobody publishes weights for it.
