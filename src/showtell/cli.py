@@ -383,13 +383,16 @@ def _prefixed(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from showtell.config import TrainConfig, load_preset
+    from showtell.config import ModelConfig, TrainConfig, load_preset, preset_section
     from showtell.training.train import train
 
     model_flags, train_flags = _prefixed(args, "model."), _prefixed(args, "train.")
     preset = load_preset(args.config) if args.config else {}
-    train_values = {**preset.get("train", {}), **train_flags}
-    config = dataclasses.replace(TrainConfig(), **train_values)
+    # Both sections checked whole first: an unknown key is one line naming file and key.
+    preset_section(preset, ModelConfig, "model", args.config)
+    config = dataclasses.replace(
+        preset_section(preset, TrainConfig, "train", args.config), **train_flags
+    )
     model_overrides = {**preset.get("model", {}), **model_flags}
     train(config, model_overrides)
     return 0
