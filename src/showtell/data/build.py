@@ -20,6 +20,7 @@ training pair.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 import queue
@@ -54,6 +55,8 @@ from showtell.data.tfrecord import TFRecordWriter
 from showtell.data.tokenize import tokenize_caption
 from showtell.data.vocab import END_WORD, MARKERS, START_WORD, UNKNOWN_WORD, Vocabulary
 from showtell.errors import ShowtellError
+
+logger = logging.getLogger(__name__)
 
 SHUFFLE_SEED = 12345  # im2txt's random.seed(12345) before shuffling each split's pairs
 DATASET_JSON = "dataset.json"
@@ -283,10 +286,9 @@ def _write_split(
     bar.close()
     summary.images = len(image_ids)
     summary.seconds = time.perf_counter() - start
-    print(
+    logger.info(
         f"{datetime.now()}: Finished processing all {num_pairs} image-caption "
-        f"pairs in data set '{split}'.",
-        flush=True,
+        f"pairs in data set '{split}'."
     )
     return summary
 
@@ -337,7 +339,7 @@ def _build_records(
     )
     Path(vocab_file).parent.mkdir(parents=True, exist_ok=True)
     vocab.save(vocab_file)
-    print(f"Wrote vocabulary file: {vocab_file} ({len(vocab.words)} words)", flush=True)
+    logger.info(f"Wrote vocabulary file: {vocab_file} ({len(vocab.words)} words)")
 
     skipped_files: dict[str, str] = {}
     summaries = {
@@ -370,7 +372,7 @@ def _build_records(
         "skipped_captions": skipped_captions,
     }
     (config.output_dir / DATASET_JSON).write_text(json.dumps(info, indent=2) + "\n")
-    print(format_summary(info), flush=True)
+    logger.info(format_summary(info))
     return info
 
 
