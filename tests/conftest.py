@@ -5,6 +5,8 @@ from __future__ import annotations
 import faulthandler
 import io
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from PIL import Image
 from showtell.config import TrainConfig
 from showtell.data.build import BuildConfig, build_mscoco
 from showtell.demo.synthetic import SyntheticConfig, make_synthetic
-from showtell.logs import configure_console
+from showtell.logs import ROOT, configure_console
 
 # If the interpreter has not exited this long after the last test, something blocks it
 # (a thread that never ends, a __del__ waiting on a lock): every thread's stack is
@@ -25,11 +27,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _console_log() -> None:
+@pytest.fixture(autouse=True)
+def _console_log() -> Iterator[None]:
     """The library's log lines on the console, as the CLI shows them, for tests that
-    call library functions directly and read what they report."""
+    call library functions directly and read what they report; a test that sets up a
+    torchrun rank other than 0 (which quiets the log) does not quiet the tests after it."""
     configure_console()
+    logger = logging.getLogger(ROOT)
+    level = logger.level
+    yield
+    logger.setLevel(level)
 
 
 # A model small enough to train in seconds on the synthetic 32x32 scenes.
