@@ -355,15 +355,24 @@ def _bool(text: str) -> bool:
 def _add_dataclass_flags(
     parser: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str] = ()
 ) -> None:
-    """One flag per scalar field of a config dataclass, its help from the field.
-    Flags default to 'not given' so that presets and checkpoints fill the rest."""
+    """One flag per field of a config dataclass, its help from the field: scalars as
+    `--name` and `--dashed-name`, tuples as `--name A B`, nested dataclasses' fields as
+    `--outer.name` (`--image.height`). Flags default to 'not given' so that presets and
+    checkpoints fill the rest; `_given` reads them back as nested dicts."""
     group = parser.add_argument_group(cls.__name__)
+    _add_fields(group, cls, prefix, "", skip)
+
+
+def _add_fields(group: Any, cls: type, dest: str, flag: str, skip: Sequence[str] = ()) -> None:
     for f in dataclasses.fields(cls):
-        if f.name in skip or dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
+        if f.name in skip:
+            continue
+        if dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
+            _add_fields(group, f.default_factory, f"{dest}{f.name}.", f"{flag}{f.name}.")  # type: ignore[arg-type]
             continue
         default = f.default
         kwargs: dict[str, Any] = {
-            "dest": f"{prefix}{f.name}",
+            "dest": f"{dest}{f.name}",
             "default": argparse.SUPPRESS,
             "help": f"{f.metadata.get('help', '')} (default: {default})",
         }
@@ -371,29 +380,52 @@ def _add_dataclass_flags(
             kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
         elif isinstance(default, int | float | str):
             kwargs.update(type=type(default), metavar=f.name.upper())
+        elif isinstance(default, tuple) and default:
+            kwargs.update(type=type(default[0]), nargs=len(default), metavar=f.name.upper())
         else:
-            continue
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+            raise TypeError(f"{cls.__name__}.{f.name}: no flag for a {type(default).__name__}")
+        names = [f"--{flag}{f.name}"]
+        if "_" in f.name:
+            names.append(f"--{flag}{f.name.replace('_', '-')}")
         group.add_argument(*names, **kwargs)
 
 
 def _prefixed(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
-    """The flags `_add_dataclass_flags` added with this prefix that were given."""
-    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    """The flags `_add_dataclass_flags` added with this prefix that were given, nested
+    fields as nested dicts ({"image": {"height": 128}}), tuples as tuples."""
+    given: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key.startswith(prefix):
+            *outer, name = key[len(prefix) :].split(".")
+            section = given
+            for part in outer:
+                section = section.setdefault(part, {})
+            section[name] = tuple(value) if isinstance(value, list) else value
+    return given
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """base with changes on top, nested dicts merged key by key (flags over a preset)."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _deep_merge(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from showtell.config import ModelConfig, TrainConfig, load_preset, preset_section
+    from showtell.config import ModelConfig, TrainConfig, check_keys, load_preset, preset_section
     from showtell.training.train import train
 
     model_flags, train_flags = _prefixed(args, "model."), _prefixed(args, "train.")
     preset = load_preset(args.config) if args.config else {}
-    # Both sections checked whole first: an unknown key is one line naming file and key.
-    preset_section(preset, ModelConfig, "model", args.config)
+    # An unknown key in either section is one line naming the file and the key.
+    check_keys(ModelConfig, preset.get("model", {}), args.config)
     config = dataclasses.replace(
         preset_section(preset, TrainConfig, "train", args.config), **train_flags
     )
-    model_overrides = {**preset.get("model", {}), **model_flags}
+    model_overrides = _deep_merge(preset.get("model", {}), model_flags)
     train(config, model_overrides)
     return 0
 

@@ -215,6 +215,18 @@ def _merge(cls: type, base: Any, values: dict[str, Any], source: str) -> Any:
     return dataclasses.replace(base, **changes)
 
 
+def check_keys(cls: type, values: dict[str, Any], source: str) -> None:
+    """Raises, naming the source and the key, if values (nested sections too) name a
+    field the dataclass lacks; the values themselves are checked where they are used."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ShowtellError(f"{source}: unknown {cls.__name__} field {key!r}")
+        nested = fields[key].default_factory
+        if dataclasses.is_dataclass(nested) and isinstance(value, dict):
+            check_keys(nested, value, source)  # type: ignore[arg-type]
+
+
 def load_preset(name_or_path: str) -> dict[str, dict[str, Any]]:
     """A preset by name (`cpu-small`) or JSON file path: {"model": {...}, "train": {...}}."""
     path = Path(name_or_path)
