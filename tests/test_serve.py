@@ -20,7 +20,8 @@ from reference_beam import ReferenceCaptioner
 from showtell.inference import Captioner
 
 uvicorn = pytest.importorskip("uvicorn")
-from showtell.serve import ServeLimits, create_app, uvicorn_config  # noqa: E402
+from showtell.serve.app import create_app, uvicorn_config  # noqa: E402
+from showtell.serve.limits import ServeLimits  # noqa: E402
 
 
 def _png(colour: tuple[int, int, int], size: tuple[int, int] = (40, 40)) -> bytes:

@@ -241,7 +241,8 @@ def add_export_command(sub: Any) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from showtell.inference import Captioner
-    from showtell.serve import ServeLimits, serve
+    from showtell.serve.app import serve
+    from showtell.serve.limits import ServeLimits
 
     captioner = Captioner(
         args.checkpoint_path,
