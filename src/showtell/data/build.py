@@ -23,27 +23,19 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import queue
-import random
 import sys
-import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from showtell.data.images import (
-    BadImageError,
     check_max_pixels,
     max_image_pixels,
     printable,
-    read_image_file,
-    verify_image,
 )
-from showtell.data.records import CaptionRecord, encode_caption_record
+from showtell.data.shards import init_worker, warn, write_split
 from showtell.data.sources import (
     ImageMetadata,
     fraction_splits,
@@ -51,14 +43,12 @@ from showtell.data.sources import (
     load_karpathy_splits,
     mscoco_im2txt_splits,
 )
-from showtell.data.tfrecord import TFRecordWriter
 from showtell.data.tokenize import tokenize_caption
 from showtell.data.vocab import END_WORD, MARKERS, START_WORD, UNKNOWN_WORD, Vocabulary
 from showtell.errors import ShowtellError
 
 logger = logging.getLogger(__name__)
 
-SHUFFLE_SEED = 12345  # im2txt's random.seed(12345) before shuffling each split's pairs
 DATASET_JSON = "dataset.json"
 
 
@@ -98,42 +88,6 @@ class BuildConfig:
                 )
 
 
-@dataclass
-class SplitSummary:
-    """What was written for one split."""
-
-    images: int = 0  # images with at least one record written
-    pairs: int = 0  # records written
-    shards: list[str] = field(default_factory=list)
-    skipped_pairs: int = 0  # pairs whose image could not be read or decoded
-    seconds: float = 0.0
-
-
-# A pair as the workers see it: (image_id, image path, caption tokens, caption ids).
-_Pair = tuple[int, str, list[str], list[int]]
-
-
-def shard_plan(num_pairs: int, num_shards: int, num_threads: int) -> list[tuple[int, int, int]]:
-    """(shard index, start, end) over the shuffled pairs, exactly as im2txt cut them."""
-    threads = min(num_shards, num_threads)
-    spacing = np.linspace(0, num_pairs, threads + 1).astype(int)
-    shards_per_thread = num_shards // threads
-    plan = []
-    for t in range(threads):
-        bounds = np.linspace(spacing[t], spacing[t + 1], shards_per_thread + 1).astype(int)
-        for s in range(shards_per_thread):
-            plan.append((t * shards_per_thread + s, int(bounds[s]), int(bounds[s + 1])))
-    return plan
-
-
-def shard_name(split: str, index: int, num_shards: int) -> str:
-    return f"{split}-{index:05d}-of-{num_shards:05d}"
-
-
-def _warn(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
-
-
 def _tokenize_many(captions: list[str]) -> list[list[str]]:
     return [tokenize_caption(c) for c in captions]
 
@@ -165,7 +119,7 @@ def tokenize_splits(
                     for raw in image.captions:
                         words = next(words_iter)
                         if not words:
-                            _warn(
+                            warn(
                                 f"Skipping caption of image {image.image_id} "
                                 f"({printable(str(image.filename))}): it tokenizes to "
                                 f"nothing: {raw!r}"
@@ -177,120 +131,6 @@ def tokenize_splits(
                         tokenized[split].append((image, captions))
                 bar.update(len(part))
     return tokenized, skipped
-
-
-# --- worker processes ----------------------------------------------------------------
-
-_progress: Any = None  # the queue through which workers report, set by _init_worker
-
-
-def _init_worker(progress: Any) -> None:
-    global _progress
-    _progress = progress
-
-
-def _write_shard(path: str, pairs: list[_Pair], max_pixels: int) -> tuple[str, int, set[int]]:
-    """Writes one shard (to `path.tmp`, then renamed); returns (path, records, ids)."""
-    tmp = path + ".tmp"
-    written, image_ids = 0, set()
-    bad: dict[str, str] = {}
-    pending = 0
-    with TFRecordWriter(tmp) as writer:
-        for image_id, filename, caption, caption_ids in pairs:
-            if filename in bad:
-                _progress.put(("skip", filename, bad[filename]))
-                continue
-            try:
-                data = read_image_file(filename)
-                verify_image(data, max_pixels)
-            except BadImageError as e:
-                bad[filename] = str(e)
-            if filename in bad:
-                _progress.put(("skip", filename, bad[filename]))
-                continue
-            writer.write(
-                encode_caption_record(
-                    CaptionRecord(image_id, data, tuple(caption), tuple(caption_ids))
-                )
-            )
-            written += 1
-            image_ids.add(image_id)
-            pending += 1
-            if pending == 64:
-                _progress.put(("done", pending))
-                pending = 0
-    _progress.put(("done", pending))
-    os.replace(tmp, path)
-    _progress.put(("shard", path))
-    return path, written, image_ids
-
-
-def _write_split(
-    split: str,
-    images: list[tuple[ImageMetadata, list[list[str]]]],
-    vocab: Vocabulary,
-    config: BuildConfig,
-    skipped_files: dict[str, str],
-    pool: Any,
-    progress: Any,
-) -> SplitSummary:
-    start = time.perf_counter()
-    num_shards = config.shards(split)
-    pairs: list[_Pair] = [
-        (image.image_id, str(image.filename), caption, vocab.encode(caption))
-        for image, captions in images
-        for caption in captions
-    ]
-    random.Random(SHUFFLE_SEED).shuffle(pairs)  # == random.seed(12345); random.shuffle
-    num_pairs = len(pairs)
-    plan = shard_plan(len(pairs), num_shards, config.num_threads)
-    names = [shard_name(split, index, num_shards) for index, _, _ in plan]
-
-    summary = SplitSummary(shards=names)
-    image_ids: set[int] = set()
-    bar = tqdm(total=num_pairs, desc=f"writing {split}", unit="pair", file=sys.stderr)
-    results = [
-        pool.apply_async(
-            _write_shard, (str(config.output_dir / name), pairs[begin:end], config.max_pixels)
-        )
-        for name, (_, begin, end) in zip(names, plan, strict=True)
-    ]
-    del pairs  # the workers have their slices; keep the main process small
-
-    # Each worker's messages arrive in order and end with "shard": once every shard
-    # has reported, every skip of this split has been counted.
-    finished = 0
-    while finished < len(results):
-        try:
-            message = progress.get(timeout=0.5)
-        except queue.Empty:
-            for result in results:
-                if result.ready() and not result.successful():
-                    result.get()  # re-raises the worker's exception here
-            continue
-        if message[0] == "done":
-            bar.update(message[1])
-        elif message[0] == "skip":
-            _, filename, reason = message
-            summary.skipped_pairs += 1
-            bar.update()
-            if filename not in skipped_files:
-                skipped_files[filename] = reason
-                _warn(f"Skipping file with invalid image data: {printable(filename)} ({reason})")
-        else:
-            finished += 1
-    for result in results:
-        _, written, ids = result.get()
-        summary.pairs += written
-        image_ids |= ids
-    bar.close()
-    summary.images = len(image_ids)
-    summary.seconds = time.perf_counter() - start
-    logger.info(
-        f"{datetime.now()}: Finished processing all {num_pairs} image-caption "
-        f"pairs in data set '{split}'."
-    )
-    return summary
 
 
 def build_records(
@@ -315,7 +155,7 @@ def build_records(
     workers = config.num_workers or min(config.num_threads, os.cpu_count() or 1)
     context = mp.get_context("spawn")  # not fork: the parent runs tqdm's monitor thread
     progress = context.Queue()
-    with context.Pool(workers, initializer=_init_worker, initargs=(progress,)) as pool:
+    with context.Pool(workers, initializer=init_worker, initargs=(progress,)) as pool:
         return _build_records(splits, config, source, vocab_file, pool, progress)
 
 
@@ -343,7 +183,18 @@ def _build_records(
 
     skipped_files: dict[str, str] = {}
     summaries = {
-        split: _write_split(split, images, vocab, config, skipped_files, pool, progress)
+        split: write_split(
+            split,
+            images,
+            vocab,
+            config.output_dir,
+            config.shards(split),
+            config.num_threads,
+            config.max_pixels,
+            skipped_files,
+            pool,
+            progress,
+        )
         for split, images in tokenized.items()
     }
     if summaries["train"].pairs == 0:
