@@ -11,8 +11,8 @@ from PIL import Image
 
 from conftest import jpeg_bytes, make_coco_layout, write_coco
 from showtell.cli import main
-from showtell.data.shards import shard_plan
 from showtell.data.records import expand_file_patterns, read_caption_records
+from showtell.data.shards import shard_plan
 from showtell.data.tokenize import tokenize_caption
 from showtell.data.vocab import Vocabulary
 
