@@ -22,14 +22,12 @@ For generation the model offers `encode(images) -> state` and
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from showtell.config import ModelConfig, model_config_from_dict
+from showtell.config import ModelConfig, ModelRequest
+from showtell.config.merge import Layer, given_keys, resolve
 from showtell.encoders import Encoder, build_encoder, encoder_entry
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (N, H)
@@ -202,12 +200,13 @@ def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def resolve_model_config(overrides: dict[str, Any], vocab_size: int) -> ModelConfig:
-    """A fresh model's config: im2txt's defaults, the encoder's input size, the user's
-    settings, and the vocabulary's size."""
-    encoder = overrides.get("encoder", ModelConfig().encoder)
-    base = {"image": asdict(encoder_entry(encoder).image)}
-    merged = {**base, **overrides, "vocab_size": vocab_size}
-    if "image" in overrides:
-        merged["image"] = {**base["image"], **overrides["image"]}
-    return model_config_from_dict(merged)
+def model_request(*layers: Layer) -> ModelRequest:
+    """The one way in for the model configuration a preset and flags ask for (layers,
+    lowest first): im2txt's defaults, the chosen encoder's input sizes, then the layers
+    key by key. Typed from here on; a checkpoint's config wins where the layers are
+    silent (`ModelRequest.differences`), and the vocabulary sets `vocab_size`."""
+    encoder = ModelConfig().encoder
+    for _source, values in layers:
+        encoder = values.get("encoder", encoder)
+    base = ModelConfig(encoder=encoder, image=encoder_entry(str(encoder)).image)
+    return ModelRequest(resolve(ModelConfig, *layers, base=base), given_keys(ModelConfig, *layers))

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+from showtell.config import load_preset, preset_path
+from showtell.config.merge import FLAGS, Layer, Source, T, resolve
 
 
 def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -34,49 +40,99 @@ def parse_bool(text: str) -> bool:
 
 
 def add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str] = ()
+    parser: Any,
+    cls: type,
+    prefix: str = "",
+    skip: Sequence[str] = (),
+    title: str | None = None,
+    only: Sequence[str] | None = None,
 ) -> None:
-    """One flag per field of a config dataclass, its help from the field: scalars as
-    `--name` and `--dashed-name`, tuples as `--name A B`, nested dataclasses' fields as
-    `--outer.name` (`--image.height`). Flags default to 'not given' so that presets and
-    checkpoints fill the rest; `_given` reads them back as nested dicts."""
-    group = parser.add_argument_group(cls.__name__)
+    """One flag per field of a settings dataclass, its help and default from the field:
+    `--name` and `--dashed-name`; tuples as `--name A B`; a nested dataclass's fields as
+    `--outer.name` (`--image.height`), or as `--name` when its field says `flat`; a field
+    without a default is a required flag. Flags default to 'not given' (presets and
+    checkpoints fill the rest): `settings_from_flags` reads them back."""
+    group = parser.add_argument_group(title or cls.__name__)
+    if only is not None:
+        skip = [f.name for f in dataclasses.fields(cls) if f.name not in only]
     _add_fields(group, cls, prefix, "", skip)
 
 
+def _type_of(hint: Any) -> tuple[Any, bool]:
+    """(the type without `| None`, whether None is allowed)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def _default_text(f: dataclasses.Field, scale: float) -> str:
+    if f.default is dataclasses.MISSING:
+        return "required"
+    default = f.default
+    if isinstance(default, tuple):
+        return " ".join(str(x) for x in default)
+    if scale != 1 and isinstance(default, int | float):
+        default = type(default)(default / scale)
+    return str(default)
+
+
 def _add_fields(group: Any, cls: type, dest: str, flag: str, skip: Sequence[str] = ()) -> None:
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or f.metadata.get("no_flag"):
             continue
-        if dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
-            _add_fields(group, f.default_factory, f"{dest}{f.name}.", f"{flag}{f.name}.")  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(f.default_factory):
+            inner = "" if f.metadata.get("flat") else f"{f.name}."
+            _add_fields(group, f.default_factory, f"{dest}{f.name}.", flag + inner)  # type: ignore[arg-type]
             continue
-        default = f.default
+        name = f.metadata.get("flag", f.name)
+        scale = f.metadata.get("scale", 1)
+        help_text = f.metadata.get("help", "")
         kwargs: dict[str, Any] = {
             "dest": f"{dest}{f.name}",
             "default": argparse.SUPPRESS,
-            "help": f"{f.metadata.get('help', '')} (default: {default})",
+            "help": f"{help_text} (default: {_default_text(f, scale)})".replace("%", "%%"),
         }
-        if isinstance(default, bool):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs.update(required=True, help=help_text.replace("%", "%%"))
+        kind, optional = _type_of(hints[f.name])
+        if kind is bool:
             kwargs.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
-        elif isinstance(default, int | float | str):
-            kwargs.update(type=type(default), metavar=f.name.upper())
-        elif isinstance(default, tuple) and default:
-            kwargs.update(type=type(default[0]), nargs=len(default), metavar=f.name.upper())
+        elif typing.get_origin(kind) is tuple:
+            args = typing.get_args(kind)
+            kwargs.update(type=args[0], nargs=len(args), metavar=name.upper())
+        elif kind in (int, float, str, Path):
+            kwargs.update(type=f.metadata.get("type", kind), metavar=name.upper())
+            if scale != 1:
+                kwargs["type"] = _scaled(kwargs["type"], scale)
         else:
-            raise TypeError(f"{cls.__name__}.{f.name}: no flag for a {type(default).__name__}")
-        names = [f"--{flag}{f.name}"]
-        if "_" in f.name:
-            names.append(f"--{flag}{f.name.replace('_', '-')}")
+            raise TypeError(f"{cls.__name__}.{f.name}: no flag for a {kind}")
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        del optional  # None is what the dataclass holds when the flag is not given
+        names = [f"--{flag}{name}"]
+        if "_" in name:
+            names.append(f"--{flag}{name.replace('_', '-')}")
         group.add_argument(*names, **kwargs)
 
 
-def given_flags(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+def _scaled(convert: Callable[[str], Any], scale: float) -> Callable[[str], Any]:
+    """A flag in other units than its field (serve's --max_request_mb: bytes)."""
+
+    def parse(text: str) -> Any:
+        return convert(text) * scale
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def given_flags(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
     """The flags `add_dataclass_flags` added with this prefix that were given, nested
     fields as nested dicts ({"image": {"height": 128}}), tuples as tuples."""
     given: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if key.startswith(prefix):
+        if key.startswith(prefix) and key not in ("func", "command"):
             *outer, name = key[len(prefix) :].split(".")
             section = given
             for part in outer:
@@ -85,44 +141,21 @@ def given_flags(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     return given
 
 
-def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """base with changes on top, nested dicts merged key by key (flags over a preset)."""
-    merged = dict(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            value = deep_merge(merged[key], value)
-        merged[key] = value
-    return merged
+def settings_from_flags(
+    args: argparse.Namespace, cls: type[T], prefix: str = "", *presets: Layer
+) -> T:
+    """The command's settings: the dataclass's defaults, the preset layers, then the flags
+    given (`config.merge.resolve`, the one merge)."""
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    given = {k: v for k, v in given_flags(args, prefix).items() if k in fields}
+    return resolve(cls, *presets, (FLAGS, given))
 
 
-def add_beam_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("beam search (im2txt's defaults, or the preset's)")
-    g.add_argument("--config", default=None, help="a preset whose 'inference' settings apply")
-    add_flag(g, "beam_size", type=positive_int, default=None, help="(default: 3)")
-    add_flag(g, "max_caption_length", type=positive_int, default=None, help="(default: 20)")
-    add_flag(
-        g,
-        "length_normalization_factor",
-        type=float,
-        default=None,
-        help="completed captions are scored logprob / length**factor (default: 0.0)",
-    )
-
-
-def beam_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Beam flags given on the command line, else the preset's, else im2txt's."""
-    from showtell.config import InferenceConfig, load_preset, preset_section
-
-    preset = load_preset(args.config) if args.config else {}
-    settings = dataclasses.asdict(preset_section(preset, InferenceConfig, "inference", "preset"))
-    for name in settings:
-        if getattr(args, name) is not None:
-            settings[name] = getattr(args, name)
-    return settings
-
-
-def positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be over 0 seconds, got {text}")
-    return value
+def preset_layer(name_or_path: str | None, section: str, within: str = "") -> list[Layer]:
+    """A preset's section as a layer under the flags (none without a preset); `within`:
+    the settings field it fills (the captioning commands' `beam` from `inference`)."""
+    if not name_or_path:
+        return []
+    values = load_preset(name_or_path).get(section, {})
+    source = Source(str(preset_path(name_or_path)), section, f"{within}." if within else "")
+    return [(source, {within: values} if within else values)]

@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
-from showtell.cli.flags import add_dataclass_flags, add_flag, deep_merge, given_flags
+from showtell.cli.flags import (
+    add_dataclass_flags,
+    add_flag,
+    given_flags,
+    preset_layer,
+    settings_from_flags,
+)
+from showtell.config.merge import FLAGS
 
 # --- train -------------------------------------------------------------------------------
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from showtell.config import ModelConfig, TrainConfig, check_keys, load_preset, preset_section
+    from showtell.config import TrainConfig
+    from showtell.model import model_request
     from showtell.training.train import train
 
-    model_flags, train_flags = given_flags(args, "model."), given_flags(args, "train.")
-    preset = load_preset(args.config) if args.config else {}
-    # An unknown key in either section is one line naming the file and the key.
-    check_keys(ModelConfig, preset.get("model", {}), args.config)
-    config = dataclasses.replace(
-        preset_section(preset, TrainConfig, "train", args.config), **train_flags
-    )
-    model_overrides = deep_merge(preset.get("model", {}), model_flags)
-    train(config, model_overrides)
+    # Each a preset's section under the flags given, typed once here; an unknown key,
+    # a bad value or a contradiction is one line naming the file and key or the flag.
+    config = settings_from_flags(args, TrainConfig, "train.", *preset_layer(args.config, "train"))
+    model = model_request(*preset_layer(args.config, "model"), (FLAGS, given_flags(args, "model.")))
+    train(config, model)
     return 0
 
 

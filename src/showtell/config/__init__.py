@@ -10,14 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from showtell.config.merge import (
+    SettingError,
+    Source,
+    T,
+    check_choice,
+    check_least,
+    resolve,
+)
 from showtell.errors import ShowtellError
 
-PRESETS_DIR = Path(__file__).parent / "presets"
+PRESETS_DIR = Path(__file__).parent.parent / "presets"
 RESIZE_METHODS = ("torchvision", "tf1")  # see ImageConfig.resize_method
+# The names TrainConfig accepts; what each does lives where it is used (training/step.py,
+# device.py, training/scheduled_sampling.py, training/scst.py).
+OPTIMIZERS = ("SGD", "Momentum", "Adam", "Adagrad")
+PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("off", "constant", "linear", "inverse_sigmoid")
+SCST_BASELINES = ("mean", "greedy")
 
 
 def opt(default: Any, help: str) -> Any:
@@ -52,17 +67,25 @@ class ImageConfig:
     contrast_range: tuple[float, float] = opt((0.5, 1.5), "contrast factor range")
 
     def __post_init__(self) -> None:
-        self.saturation_range = tuple(self.saturation_range)  # type: ignore[assignment]
-        self.contrast_range = tuple(self.contrast_range)  # type: ignore[assignment]
         if self.resize_method not in RESIZE_METHODS:
-            raise ShowtellError(
-                f"resize_method {self.resize_method!r}: use one of {', '.join(RESIZE_METHODS)}"
+            raise SettingError(
+                f"--resize_method {self.resize_method!r}: use one of {', '.join(RESIZE_METHODS)}",
+                "resize_method",
             )
-        if self.height > self.resize_height or self.width > self.resize_width:
-            raise ShowtellError(
-                f"crop {self.height}x{self.width} is larger than the resized image "
-                f"{self.resize_height}x{self.resize_width}"
-            )
+        for name in ("resize_height", "resize_width", "height", "width"):
+            check_least(name, getattr(self, name), 1)
+        for crop, resized in (("height", "resize_height"), ("width", "resize_width")):
+            if getattr(self, crop) > getattr(self, resized):
+                raise SettingError(
+                    f"--{crop} {getattr(self, crop)} is larger than --{resized} "
+                    f"{getattr(self, resized)}: the crop must fit in the resized image",
+                    crop,
+                    resized,
+                )
+        for name in ("saturation_range", "contrast_range"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise SettingError(f"--{name} {low} {high}: give 0 <= low <= high", name)
 
 
 # Records per shard (im2txt: ~2,300) times im2txt's input_queue_capacity_factor (2).
@@ -96,6 +119,13 @@ class ModelConfig:
     image: ImageConfig = field(
         default_factory=ImageConfig, metadata={"help": "preprocessing; sizes follow the encoder"}
     )
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "embedding_size", "num_lstm_units"):
+            check_least(name, getattr(self, name), 1)
+        for name in ("lstm_dropout_keep_prob", "encoder_dropout_keep_prob"):
+            if not 0 < getattr(self, name) <= 1:
+                raise SettingError(f"--{name} {getattr(self, name)}: give over 0, up to 1", name)
 
 
 @dataclass
@@ -176,6 +206,41 @@ class TrainConfig:
     scst_bleu_weight: float = opt(0.0, "SCST: reward = CIDEr-D + this x BLEU-4 (0: CIDEr-D only)")
     scst_max_caption_length: int = opt(20, "SCST: words sampled at most, the end word included")
 
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("scheduled_sampling", self.scheduled_sampling, SCHEDULES)
+        check_choice("scst_baseline", self.scst_baseline, SCST_BASELINES)
+        for name, least in (
+            ("number_of_steps", 0),
+            ("batch_size", 1),
+            ("max_checkpoints_to_keep", 1),
+            ("log_every_n_steps", 1),
+            ("num_workers", 0),
+            ("save_interval_secs", 0),
+            ("save_interval_steps", 0),
+        ):
+            check_least(name, getattr(self, name), least)
+        if not 0.0 <= self.sampling_max_probability <= 1.0:
+            raise SettingError(
+                f"--sampling_max_probability {self.sampling_max_probability}: give 0 to 1",
+                "sampling_max_probability",
+            )
+        if self.scst and self.train_inception:
+            raise SettingError(
+                "--scst trains the decoder on cached features: --train_inception=false",
+                "scst",
+                "train_inception",
+            )
+        least = 2 if self.scst_baseline == "mean" else 1
+        if self.scst and self.scst_samples < least:
+            raise SettingError(
+                f"--scst_samples {self.scst_samples}: the {self.scst_baseline} baseline needs "
+                f"at least {least}",
+                "scst_samples",
+                "scst_baseline",
+            )
+
 
 @dataclass
 class InferenceConfig:
@@ -186,6 +251,10 @@ class InferenceConfig:
     length_normalization_factor: float = opt(
         0.0, "completed captions are scored logprob / length**factor"
     )
+
+    def __post_init__(self) -> None:
+        check_least("beam_size", self.beam_size, 1)
+        check_least("max_caption_length", self.max_caption_length, 1)
 
 
 @dataclass
@@ -202,36 +271,30 @@ class DemoConfig:
     )
 
 
-def _merge(cls: type, base: Any, values: dict[str, Any], source: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    changes = {}
-    for key, value in values.items():
-        if key not in names:
-            raise ShowtellError(f"{source}: unknown {cls.__name__} field {key!r}")
-        current = getattr(base, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            value = _merge(type(current), current, value, source)
-        changes[key] = value
-    return dataclasses.replace(base, **changes)
+@dataclass(frozen=True)
+class ModelRequest:
+    """A model configuration asked for (a preset and flags): `config` is the whole of it,
+    the encoder's own image sizes where nothing was given; `given` names the fields set,
+    the only ones a resumed checkpoint must agree with (`model.model_request` makes one)."""
 
+    config: ModelConfig
+    given: frozenset[str] = frozenset()
 
-def check_keys(cls: type, values: dict[str, Any], source: str) -> None:
-    """Raises, naming the source and the key, if values (nested sections too) name a
-    field the dataclass lacks; the values themselves are checked where they are used."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in values.items():
-        if key not in fields:
-            raise ShowtellError(f"{source}: unknown {cls.__name__} field {key!r}")
-        nested = fields[key].default_factory
-        if dataclasses.is_dataclass(nested) and isinstance(value, dict):
-            check_keys(nested, value, source)  # type: ignore[arg-type]
+    def differences(self, other: ModelConfig) -> list[str]:
+        """'key: checkpoint X, asked Y' for each given field where other differs."""
+        found = []
+        for key in sorted(self.given):
+            mine, theirs = self.config, other
+            for part in key.split("."):
+                mine, theirs = getattr(mine, part), getattr(theirs, part)
+            if mine != theirs:
+                found.append(f"{key}: checkpoint {theirs!r}, asked {mine!r}")
+        return found
 
 
 def load_preset(name_or_path: str) -> dict[str, dict[str, Any]]:
     """A preset by name (`cpu-small`) or JSON file path: {"model": {...}, "train": {...}}."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = PRESETS_DIR / f"{name_or_path}.json"
+    path = preset_path(name_or_path)
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.json")))
         raise ShowtellError(f"{name_or_path}: no such preset file (shipped presets: {known})")
@@ -245,14 +308,21 @@ def load_preset(name_or_path: str) -> dict[str, dict[str, Any]]:
     return data
 
 
-def preset_section(preset: dict[str, Any], cls: type, name: str, source: str) -> Any:
+def preset_path(name_or_path: str) -> Path:
+    """The file of a preset given by name (`cpu-small`) or path."""
+    path = Path(name_or_path)
+    return PRESETS_DIR / f"{name_or_path}.json" if not path.suffix else path
+
+
+def preset_section(preset: dict[str, Any], cls: type[T], name: str, source: str) -> T:
     """One section of a preset as its dataclass (defaults where it is silent)."""
-    return _merge(cls, cls(), preset.get(name, {}), source)
+    return resolve(cls, (Source(str(source), name), preset.get(name, {})))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
-    return _merge(ModelConfig, ModelConfig(), data, "config.json")
+def model_config_from_dict(data: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
+    """A whole ModelConfig from its JSON form (a checkpoint's config.json)."""
+    return resolve(ModelConfig, (Source(source, "model"), data))

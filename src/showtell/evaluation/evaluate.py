@@ -32,6 +32,8 @@ import torch
 from tqdm import tqdm
 
 from showtell.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
+from showtell.config.commands import EvaluateSettings
+from showtell.config.merge import default_of
 from showtell.data.dataset import CaptionDataset, make_loader
 from showtell.data.images import BadImageError
 from showtell.data.preprocess import ImagePreprocessor
@@ -108,24 +110,17 @@ def _one_line_worker_errors() -> Iterator[None]:
         raise ShowtellError(text.splitlines()[-1].removeprefix(prefix)) from None
 
 
-def run_perplexity_loop(
-    input_file_pattern: str,
-    checkpoint_dir: Path,
-    eval_dir: Path,
-    *,
-    eval_interval_secs: float = 600,
-    min_global_step: int = 5000,
-    num_eval_examples: int = 10132,
-    once: bool = False,
-    device: str = "auto",
-    batch_size: int = 32,
-    num_workers: int = 2,
-    vocab_file: str | Path | None = None,
-) -> list[Perplexity]:
+def run_perplexity_loop(settings: EvaluateSettings) -> list[Perplexity]:
     """The seed's evaluation loop; with `once`, the newest checkpoint and return.
     `checkpoint_dir` may be im2txt's own train dir (TensorFlow checkpoints, perhaps
     still being written by im2txt's training): then `vocab_file` is required."""
     from torch.utils.tensorboard import SummaryWriter
+
+    input_file_pattern, checkpoint_dir = settings.input_file_pattern, settings.checkpoint_dir
+    eval_dir, vocab_file, once = settings.eval_dir, settings.vocab_file, settings.once
+    eval_interval_secs, min_global_step = settings.eval_interval_secs, settings.min_global_step
+    num_eval_examples, device = settings.num_eval_examples, settings.device
+    batch_size, num_workers = settings.batch_size, settings.num_workers
 
     files = expand_file_patterns(input_file_pattern)
     target = select_device(device)
@@ -350,8 +345,8 @@ def evaluate_metrics(
     input_file_pattern: str,
     eval_dir: Path,
     annotations: Path | None = None,
-    batch_size: int = 32,
-    gallery_size: int = 200,
+    batch_size: int = default_of(EvaluateSettings, "batch_size"),
+    gallery_size: int = default_of(EvaluateSettings, "gallery_size"),
 ) -> tuple[Scores, dict[int, str]]:
     """Captions every image of the split and scores them; writes the results file,
     metrics JSON, TensorBoard scalars and the gallery into eval_dir. Returns the

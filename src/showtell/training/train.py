@@ -33,13 +33,15 @@ log in training/progress.py; here, the set-up (`_start`, `_data`) and the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +55,14 @@ from showtell.checkpoint import (
     load_checkpoint,
     remove_stale_temporaries,
 )
-from showtell.config import ModelConfig, TrainConfig, model_config_from_dict
+from showtell.config import ModelConfig, ModelRequest, Source, TrainConfig
 from showtell.data.build import build_markers
 from showtell.data.records import expand_file_patterns
 from showtell.data.vocab import Vocabulary
 from showtell.device import Process, compute_dtype, precision_context, setup_process
 from showtell.encoders import calibrate_batch_norm, load_pretrained
 from showtell.errors import ShowtellError
-from showtell.model import ShowAndTell, resolve_model_config
+from showtell.model import ShowAndTell, model_request
 from showtell.tf_import.reader import find_tf_checkpoint
 from showtell.training.batches import (
     Batches,
@@ -95,24 +97,17 @@ def find_vocabulary(config: TrainConfig, files: list[Path]) -> Vocabulary:
     return vocab
 
 
-def _differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
-    found = []
-    for key, value in wanted.items():
-        if isinstance(value, dict) and isinstance(saved.get(key), dict):
-            found += _differences(saved[key], value, f"{prefix}{key}.")
-        elif saved.get(key) != value and not (
-            isinstance(value, list | tuple) and list(saved.get(key) or []) == list(value)
-        ):
-            found.append(f"{prefix}{key}: checkpoint {saved.get(key)!r}, asked {value!r}")
-    return found
-
-
-def train(config: TrainConfig, model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Runs training until `config.number_of_steps`; returns a summary."""
-    model_overrides = model_overrides or {}
+def train(
+    config: TrainConfig, model: ModelRequest | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Runs training until `config.number_of_steps`; returns a summary. `model`: the
+    configuration asked for (`model.model_request`; a mapping, as a preset's model
+    section, is read by it here, once)."""
+    if not isinstance(model, ModelRequest):
+        model = model_request((Source("model settings", "model"), model or {}))
     process = setup_process(config.device)
     try:
-        return _train(config, model_overrides, process)
+        return _train(config, model, process)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -135,7 +130,7 @@ class _Start:
 
 def _start(
     config: TrainConfig,
-    overrides: dict[str, Any],
+    request: ModelRequest,
     vocab: Vocabulary,
     files: list[Path],
     process: Process,
@@ -158,10 +153,7 @@ def _start(
                 f"the data's ({len(vocab)} ids): these records were built with another "
                 "word_counts.txt"
             )
-        wanted = asdict(model_config_from_dict(overrides)) if overrides else {}
-        conflicts = _differences(
-            asdict(checkpoint.model_config), {k: v for k, v in wanted.items() if k in overrides}
-        )
+        conflicts = request.differences(checkpoint.model_config)
         if conflicts:
             raise ShowtellError(
                 f"{train_dir} holds a model of another configuration ("
@@ -176,7 +168,7 @@ def _start(
         logger.info("Resuming from %s at step %d", checkpoint.path, global_step)
         return _Start(model, model_config, checkpoint, checkpoint_path, state, global_step)
 
-    model_config = resolve_model_config(overrides, len(vocab))
+    model_config = dataclasses.replace(request.config, vocab_size=len(vocab))
     model = ShowAndTell(model_config)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -242,7 +234,7 @@ def _data(
     return batches, scst
 
 
-def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> dict[str, Any]:
+def _train(config: TrainConfig, request: ModelRequest, process: Process) -> dict[str, Any]:
     if not config.train_dir:
         raise ShowtellError("train needs --train_dir")
     if not config.input_file_pattern:
@@ -257,7 +249,7 @@ def _train(config: TrainConfig, overrides: dict[str, Any], process: Process) -> 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
-    start = _start(config, overrides, vocab, files, process)
+    start = _start(config, request, vocab, files, process)
     model = start.model
     model.set_train_encoder(phase.train_encoder)
     model.to(process.device)
