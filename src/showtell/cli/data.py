@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from showtell.cli.flags import add_flag, positive_int
+from showtell.cli.flags import add_dataclass_flags, add_flag, given_flags, positive_int
+from showtell.config.merge import FLAGS, resolve
 from showtell.errors import ShowtellError
 
 # --- build-mscoco-data ------------------------------------------------------------------
@@ -16,90 +17,16 @@ from showtell.errors import ShowtellError
 
 def _add_build_flags(parser: argparse.ArgumentParser) -> None:
     from showtell.data.build import BuildConfig
-    from showtell.data.images import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
 
-    defaults = BuildConfig(output_dir=Path("."))
-    g = parser.add_argument_group("records (as the seed's build_mscoco_data)")
-    add_flag(
-        g,
-        "train_shards",
-        type=positive_int,
-        default=defaults.train_shards,
-        help="shards of the training split (default: %(default)s)",
-    )
-    add_flag(
-        g,
-        "val_shards",
-        type=positive_int,
-        default=defaults.val_shards,
-        help="shards of the validation split (default: %(default)s)",
-    )
-    add_flag(
-        g,
-        "test_shards",
-        type=positive_int,
-        default=defaults.test_shards,
-        help="shards of the test split (default: %(default)s)",
-    )
-    add_flag(
-        g,
-        "num_threads",
-        type=positive_int,
-        default=defaults.num_threads,
-        help="im2txt's writer threads; fixes which pairs land in which shard "
-        "(default: %(default)s)",
-    )
-    add_flag(
-        g,
-        "num_workers",
-        type=positive_int,
-        default=None,
-        help="processes writing shards (default: min(num_threads, CPUs))",
-    )
-    add_flag(g, "start_word", default=defaults.start_word, help="(default: %(default)s)")
-    add_flag(g, "end_word", default=defaults.end_word, help="(default: %(default)s)")
-    add_flag(g, "unknown_word", default=defaults.unknown_word, help="(default: %(default)s)")
-    add_flag(
-        g,
-        "min_word_count",
-        type=int,
-        default=defaults.min_word_count,
-        help="keep words seen at least this often in training captions (default: %(default)s)",
-    )
-    add_flag(
-        g,
-        "word_counts_output_file",
-        type=Path,
-        default=None,
-        help="vocabulary file (default: OUTPUT_DIR/word_counts.txt)",
-    )
-    add_flag(
-        g,
-        "max_pixels",
-        type=positive_int,
-        default=None,
-        help=f"skip images with more pixels (default: ${MAX_PIXELS_ENV}, else "
-        f"{MAX_IMAGE_PIXELS:,})",
-    )
+    title = "records (as the seed's build_mscoco_data)"
+    add_dataclass_flags(parser, BuildConfig, "build.", skip=("output_dir",), title=title)
 
 
 def _build_config(args: argparse.Namespace, output_dir: Path) -> Any:
     from showtell.data.build import BuildConfig
 
-    return BuildConfig(
-        output_dir=output_dir,
-        train_shards=args.train_shards,
-        val_shards=args.val_shards,
-        test_shards=args.test_shards,
-        num_threads=args.num_threads,
-        num_workers=args.num_workers,
-        start_word=args.start_word,
-        end_word=args.end_word,
-        unknown_word=args.unknown_word,
-        min_word_count=args.min_word_count,
-        word_counts_output_file=args.word_counts_output_file,
-        max_pixels=args.max_pixels,
-    )
+    given = {**given_flags(args, "build."), "output_dir": output_dir}
+    return resolve(BuildConfig, (FLAGS, given))
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

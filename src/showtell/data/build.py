@@ -24,12 +24,14 @@ import logging
 import multiprocessing as mp
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from showtell.config import opt
+from showtell.config.merge import SettingError, check_least
 from showtell.data.images import (
     check_max_pixels,
     max_image_pixels,
@@ -54,38 +56,52 @@ DATASET_JSON = "dataset.json"
 
 @dataclass
 class BuildConfig:
-    """Options of `showtell build-mscoco-data`; defaults are im2txt's flags."""
+    """Options of `showtell build-mscoco-data`; defaults are im2txt's flags. Each field is
+    a flag (`cli/data.py` generates them), its help written here."""
 
-    output_dir: Path  # where the shards, word_counts.txt and dataset.json go
-    train_shards: int = 256  # shards of the training split
-    val_shards: int = 4  # shards of the validation split
-    test_shards: int = 8  # shards of the test split
-    num_threads: int = 8  # im2txt's writer threads: fixes which pairs go to which shard
-    num_workers: int | None = None  # processes writing shards; None: min(num_threads, CPUs)
-    start_word: str = START_WORD  # token prepended to every caption
-    end_word: str = END_WORD  # token appended to every caption
-    unknown_word: str = UNKNOWN_WORD  # the word of out-of-vocabulary ids (not in the file)
-    min_word_count: int = 4  # words seen fewer times in training captions become unknown
-    word_counts_output_file: Path | None = None  # default: output_dir/word_counts.txt
-    max_pixels: int | None = None  # larger images are skipped; None: max_image_pixels()
+    output_dir: Path = field(metadata={"help": "where shards, word_counts.txt, dataset.json go"})
+    train_shards: int = opt(256, "shards of the training split")
+    val_shards: int = opt(4, "shards of the validation split")
+    test_shards: int = opt(8, "shards of the test split")
+    num_threads: int = opt(8, "im2txt's writer threads; fixes which pairs land in which shard")
+    num_workers: int | None = opt(None, "processes writing shards (None: min(num_threads, CPUs))")
+    start_word: str = opt(START_WORD, "token prepended to every caption")
+    end_word: str = opt(END_WORD, "token appended to every caption")
+    unknown_word: str = opt(UNKNOWN_WORD, "the word of out-of-vocabulary ids (not in the file)")
+    min_word_count: int = opt(4, "keep words seen at least this often in training captions")
+    word_counts_output_file: Path | None = field(
+        default=None,
+        metadata={"help": "vocabulary file (None: OUTPUT_DIR/word_counts.txt)"},
+    )
+    max_pixels: int | None = opt(
+        None, "skip images with more pixels (None: $SHOWTELL_MAX_PIXELS, else data/images.py's)"
+    )
 
     def shards(self, split: str) -> int:
         return {"train": self.train_shards, "val": self.val_shards, "test": self.test_shards}[split]
 
-    def validate(self) -> None:
-        self.max_pixels = check_max_pixels(self.max_pixels or max_image_pixels())
-        if self.num_threads < 1:
-            raise ShowtellError(f"--num_threads must be at least 1, got {self.num_threads}")
+    def __post_init__(self) -> None:
+        check_least("num_threads", self.num_threads, 1)
+        check_least("min_word_count", self.min_word_count, 0)
+        if self.num_workers is not None:
+            check_least("num_workers", self.num_workers, 1)
+        if self.max_pixels is not None:
+            check_least("max_pixels", self.max_pixels, 1)
         for split in ("train", "val", "test"):
-            n = self.shards(split)
-            if n < 1:
-                raise ShowtellError(f"--{split}_shards must be at least 1, got {n}")
+            n, name = self.shards(split), f"{split}_shards"
+            check_least(name, n, 1)
             # im2txt's rule: each thread writes the same number of shards.
             if n >= self.num_threads and n % self.num_threads:
-                raise ShowtellError(
-                    f"--{split}_shards {n} must be a multiple of --num_threads "
-                    f"{self.num_threads} (or smaller than it)"
+                raise SettingError(
+                    f"--{name} {n} must be a multiple of --num_threads "
+                    f"{self.num_threads} (or smaller than it)",
+                    name,
+                    "num_threads",
                 )
+
+    def validate(self) -> None:
+        """The pixel limit from the environment where none was given (checked then)."""
+        self.max_pixels = check_max_pixels(self.max_pixels or max_image_pixels())
 
 
 def _tokenize_many(captions: list[str]) -> list[list[str]]:
