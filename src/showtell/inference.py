@@ -21,7 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from showtell.checkpoint import Checkpoint, load_checkpoint
-from showtell.config import ImageConfig
+from showtell.config import ImageConfig, InferenceConfig
+from showtell.config.commands import RunInferenceSettings
+from showtell.config.merge import default_of
 from showtell.data.images import (
     BadImageError,
     check_max_pixels,
@@ -77,9 +79,11 @@ class Captioner:
         *,
         vocab_file: str | Path | None = None,
         device: str = "auto",
-        beam_size: int = 3,
-        max_caption_length: int = 20,
-        length_normalization_factor: float = 0.0,
+        beam_size: int = default_of(InferenceConfig, "beam_size"),
+        max_caption_length: int = default_of(InferenceConfig, "max_caption_length"),
+        length_normalization_factor: float = default_of(
+            InferenceConfig, "length_normalization_factor"
+        ),
     ) -> None:
         self.checkpoints: list[Checkpoint] = []
         for path in checkpoint_paths(checkpoint_path):
@@ -200,8 +204,8 @@ def _collate(items: list) -> list:
 def caption_files(
     captioner: Captioner,
     files: Sequence[str],
-    batch_size: int = 32,
-    num_workers: int = 2,
+    batch_size: int = default_of(RunInferenceSettings, "batch_size"),
+    num_workers: int = default_of(RunInferenceSettings, "num_workers"),
     *,
     max_pixels: int | None = None,
 ) -> Iterator[ImageCaptions]:

@@ -85,14 +85,17 @@ def add_convert_im2txt_checkpoint_command(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from showtell.config.commands import DemoSettings
     from showtell.demo.pipeline import run_demo
 
-    run_demo(args.output_dir, args.config)
+    settings = settings_from_flags(args, DemoSettings)
+    run_demo(settings.output_dir, settings.config)
     return 0
 
 
 def add_demo_command(sub: Any) -> None:
+    from showtell.config.commands import DemoSettings
+
     p = sub.add_parser("demo", help="run the pipeline on built-in synthetic data")
-    add_flag(p, "output_dir", type=Path, default=Path("runs/demo"), help="(default: %(default)s)")
-    p.add_argument("--config", default="cpu-small", help="preset (default: %(default)s)")
+    add_dataclass_flags(p, DemoSettings, title="demo")
     p.set_defaults(func=_cmd_demo)

@@ -159,3 +159,14 @@ class ServeSettings:
         metadata={"help": "what one client can make the server hold", "flat": True},
     )
     beam: InferenceConfig = field(default_factory=InferenceConfig, metadata=BEAM)
+
+
+@dataclass
+class DemoSettings:
+    """`showtell demo`: the pipeline on built-in synthetic data (what it runs: the
+    preset's `demo` section, `DemoConfig`)."""
+
+    output_dir: Path = field(
+        default=Path("runs/demo"), metadata={"help": "where data, records and runs go"}
+    )
+    config: str = opt("cpu-small", "preset")
