@@ -26,12 +26,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from showtell.config import PRECISIONS
 from showtell.errors import ShowtellError
 from showtell.logs import quiet_other_ranks
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)

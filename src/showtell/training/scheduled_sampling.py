@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import math
 
-from showtell.config import TrainConfig
+from showtell.config import SCHEDULES, TrainConfig
 from showtell.errors import ShowtellError
-
-SCHEDULES = ("off", "constant", "linear", "inverse_sigmoid")
 
 
 def check_schedule(config: TrainConfig) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from showtell.config import TrainConfig
+from showtell.config import SCST_BASELINES, TrainConfig
 from showtell.data.dataset import Batch
 from showtell.data.vocab import Vocabulary
 from showtell.errors import ShowtellError
@@ -56,7 +56,7 @@ from showtell.model import ShowAndTell
 from showtell.training.features import FeatureCache
 
 DF_FILE = "cider_df.npz"  # in the train_dir, beside the checkpoints
-BASELINES = ("mean", "greedy")
+BASELINES = SCST_BASELINES  # the choices, named once in config
 
 
 def check_scst(config: TrainConfig) -> None:
