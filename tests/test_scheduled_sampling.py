@@ -19,7 +19,7 @@ from showtell.cli import main
 from showtell.config import ModelConfig, TrainConfig
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
-from showtell.training.scheduled_sampling import check_schedule, sampling_probability
+from showtell.training.scheduled_sampling import sampling_probability
 from showtell.training.train import train
 
 
@@ -48,9 +48,14 @@ def test_schedules_follow_the_papers_formulas() -> None:
     capped = dataclasses.replace(sigmoid, sampling_max_probability=0.25)
     assert sampling_probability(10**5, capped) == 0.25
     with pytest.raises(ShowtellError, match="--scheduled_sampling cosine: use one of off"):
-        check_schedule(schedule("cosine"))
+        schedule("cosine")
     with pytest.raises(ShowtellError, match=r"--sampling_max_probability 1\.5"):
-        check_schedule(schedule("linear", sampling_max_probability=1.5))
+        schedule("linear", sampling_max_probability=1.5)
+    with pytest.raises(ShowtellError, match="--sampling_ramp_steps 0: give 1 or more"):
+        schedule("linear", sampling_ramp_steps=0)
+    with pytest.raises(ShowtellError, match=r"--sampling_sigmoid_k 0\.5: give 1 or more"):
+        schedule("inverse_sigmoid", sampling_sigmoid_k=0.5)
+    schedule("constant", sampling_ramp_steps=0)  # a setting its schedule does not use
 
 
 def tiny_model(vocab_size: int = 30) -> ShowAndTell:

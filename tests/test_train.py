@@ -27,8 +27,10 @@ from showtell.checkpoint import (
     load_checkpoint,
 )
 from showtell.cli import main
+from showtell.config import OPTIMIZERS as OPTIMIZER_NAMES
 from showtell.errors import ShowtellError
 from showtell.logs import configure_console
+from showtell.training import step
 from showtell.training.train import train
 
 
@@ -181,6 +183,7 @@ def test_optimizer_option_picks_the_update_rule(records: Path, tmp_path: Path) -
     assert load_checkpoint(tmp_path / "sgd").train_state()["optimizer"]["state"] == {}
     with pytest.raises(ShowtellError, match="--optimizer RMSprop: use one of SGD, Momentum"):
         train(config(records, tmp_path / "bad", 1, optimizer="RMSprop"), MODEL)
+    assert set(step.OPTIMIZERS) == set(OPTIMIZER_NAMES)  # every accepted name has a rule
 
 
 def test_cpu_bf16_computes_in_bfloat16_only_where_the_cpu_has_it(

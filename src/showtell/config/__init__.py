@@ -226,6 +226,12 @@ class TrainConfig:
                 f"--sampling_max_probability {self.sampling_max_probability}: give 0 to 1",
                 "sampling_max_probability",
             )
+        if self.scheduled_sampling == "linear":
+            check_least("sampling_ramp_steps", self.sampling_ramp_steps, 1)
+        if self.scheduled_sampling == "inverse_sigmoid":
+            check_least("sampling_sigmoid_k", self.sampling_sigmoid_k, 1)
+        check_least("scst_max_caption_length", self.scst_max_caption_length, 1)
+        check_least("scst_bleu_weight", self.scst_bleu_weight, 0)
         if self.scst and self.train_inception:
             raise SettingError(
                 "--scst trains the decoder on cached features: --train_inception=false",

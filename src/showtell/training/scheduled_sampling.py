@@ -20,24 +20,8 @@ from __future__ import annotations
 
 import math
 
-from showtell.config import SCHEDULES, TrainConfig
+from showtell.config import TrainConfig
 from showtell.errors import ShowtellError
-
-
-def check_schedule(config: TrainConfig) -> None:
-    """One clear line for settings that cannot make a schedule."""
-    if config.scheduled_sampling not in SCHEDULES:
-        raise ShowtellError(
-            f"--scheduled_sampling {config.scheduled_sampling}: use one of {', '.join(SCHEDULES)}"
-        )
-    if not 0.0 <= config.sampling_max_probability <= 1.0:
-        raise ShowtellError(
-            f"--sampling_max_probability {config.sampling_max_probability}: give 0 to 1"
-        )
-    if config.scheduled_sampling == "linear" and config.sampling_ramp_steps < 1:
-        raise ShowtellError(f"--sampling_ramp_steps {config.sampling_ramp_steps}: give 1 or more")
-    if config.scheduled_sampling == "inverse_sigmoid" and config.sampling_sigmoid_k < 1:
-        raise ShowtellError(f"--sampling_sigmoid_k {config.sampling_sigmoid_k}: give 1 or more")
 
 
 def sampling_probability(step: int, config: TrainConfig) -> float:

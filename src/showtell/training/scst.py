@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from showtell.config import SCST_BASELINES, TrainConfig
+from showtell.config import TrainConfig
 from showtell.data.dataset import Batch
 from showtell.data.vocab import Vocabulary
 from showtell.errors import ShowtellError
@@ -56,25 +56,6 @@ from showtell.model import ShowAndTell
 from showtell.training.features import FeatureCache
 
 DF_FILE = "cider_df.npz"  # in the train_dir, beside the checkpoints
-BASELINES = SCST_BASELINES  # the choices, named once in config
-
-
-def check_scst(config: TrainConfig) -> None:
-    """One clear line for SCST settings that cannot work."""
-    if config.train_inception:
-        raise ShowtellError("--scst trains the decoder on cached features: --train_inception=false")
-    if config.scst_baseline not in BASELINES:
-        raise ShowtellError(
-            f"--scst_baseline {config.scst_baseline}: use one of {', '.join(BASELINES)}"
-        )
-    least = 2 if config.scst_baseline == "mean" else 1
-    if config.scst_samples < least:
-        raise ShowtellError(
-            f"--scst_samples {config.scst_samples}: the {config.scst_baseline} baseline needs "
-            f"at least {least}"
-        )
-    if config.scst_max_caption_length < 1 or config.scst_bleu_weight < 0:
-        raise ShowtellError("--scst_max_caption_length must be >= 1, --scst_bleu_weight >= 0")
 
 
 def cache_references(cache: FeatureCache, vocab: Vocabulary) -> list[list[str]]:
@@ -209,7 +190,6 @@ class SelfCritical:
         train_dir: Path,
         write: bool = True,
     ) -> None:
-        check_scst(config)
         self.model, self.vocab, self.config = model, vocab, config
         self.references = cache_references(cache, vocab)
         path = Path(train_dir) / DF_FILE

@@ -26,11 +26,11 @@ import torch
 
 from showtell.config import TrainConfig
 from showtell.data.dataset import Batch
-from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell
 from showtell.training.scst import SelfCritical
 
-# im2txt's `TrainingConfig.optimizer` names (tf.contrib.layers.optimize_loss's).
+# The update rule of each of im2txt's `TrainingConfig.optimizer` names
+# (tf.contrib.layers.optimize_loss's); TrainConfig accepts config.OPTIMIZERS, these keys.
 OPTIMIZERS: dict[str, Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer]] = {
     "SGD": lambda params, lr: torch.optim.SGD(params, lr=lr),
     "Momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
@@ -51,10 +51,6 @@ class Phase:
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> Phase:
-        if config.optimizer not in OPTIMIZERS:
-            raise ShowtellError(
-                f"--optimizer {config.optimizer}: use one of {', '.join(OPTIMIZERS)}"
-            )
         scst = bool(config.scst)
         return cls(
             name="SCST" if scst else 2 if config.train_inception else 1,

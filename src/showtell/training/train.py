@@ -73,8 +73,8 @@ from showtell.training.batches import (
 )
 from showtell.training.features import FeatureCache, build_feature_cache, default_cache_root
 from showtell.training.progress import ProgressLog
-from showtell.training.scheduled_sampling import check_schedule, sampling_probability
-from showtell.training.scst import ImageRows, SelfCritical, check_scst
+from showtell.training.scheduled_sampling import sampling_probability
+from showtell.training.scst import ImageRows, SelfCritical
 from showtell.training.state import Saver, StopSignals, rank_state, set_rng_state
 from showtell.training.step import Phase, TrainStep
 
@@ -241,9 +241,6 @@ def _train(config: TrainConfig, request: ModelRequest, process: Process) -> dict
         raise ShowtellError("train needs --input_file_pattern")
     phase = Phase.from_config(config)
     dtype = compute_dtype(process.device, config.precision, config.cpu_bf16)  # checks it
-    check_schedule(config)
-    if phase.scst:
-        check_scst(config)
     files = expand_file_patterns(config.input_file_pattern)
     vocab = find_vocabulary(config, files)
     torch.manual_seed(config.seed)
