@@ -23,6 +23,7 @@ SMALL_PRESET = {
         "embedding_size": 128,
         "num_lstm_units": 128,
         "normalize_features": True,
+        "multiscale_features": True,
         "image": {
             "resize_height": 64,
             "resize_width": 64,

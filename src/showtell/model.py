@@ -5,6 +5,9 @@
     words (B, T) -> seq_embedding -> (B, T, E) -> LSTM from that state -> (B, T, H)
     -> logits (B, T, V)
 
+D is the encoder's pooled features, led by its earlier stages' pooled outputs when
+`multiscale_features` is set.
+
 The image enters the LSTM once, as the input of a first step whose output is
 discarded. In training, dropout (keep 0.7) acts on the LSTM's inputs, the image step
 included, and on its outputs.
@@ -45,6 +48,7 @@ class ShowAndTell(nn.Module):
             config.encoder,
             batch_norm_decay=config.encoder_batch_norm_decay,
             dropout=1.0 - config.encoder_dropout_keep_prob,
+            multiscale=config.multiscale_features,
         )
         d, e, h, v = (
             self.encoder.output_dim,

@@ -67,6 +67,16 @@ class TimmInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     head_keys: tuple[str, ...]  # its classifier's key prefixes
+    stages: tuple[str, ...]  # its feature stages from stride 8 on, but the pooled one
+
+
+def _stages(feature_info: list[dict[str, Any]], feature_dim: int) -> tuple[str, ...]:
+    """The modules of timm's `feature_info` from stride 8 on, less the last one when it
+    is the map the features pool (its channels are the features')."""
+    stages = [info for info in feature_info if info["reduction"] >= 8]
+    if stages and stages[-1]["num_chs"] == feature_dim:
+        stages.pop()
+    return tuple(info["module"] for info in stages)
 
 
 def timm_info(model_name: str) -> TimmInfo:
@@ -83,6 +93,7 @@ def timm_info(model_name: str) -> TimmInfo:
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),  # type: ignore[arg-type]
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),  # type: ignore[arg-type]
         head_keys=tuple(f"{head}." for head in heads),
+        stages=_stages(model.feature_info, int(model.num_features)),
     )
 
 

@@ -116,6 +116,11 @@ class ModelConfig:
         "standardise encoder features per dimension with statistics of the training "
         "images, measured once at step 0 (for encoders without pretrained weights)",
     )
+    multiscale_features: bool = opt(
+        False,
+        "append the spatial means of the encoder's earlier stages (from 1/8 resolution on) "
+        "to its pooled features: colours and small details its last layer drops (not im2txt's)",
+    )
     image: ImageConfig = field(
         default_factory=ImageConfig, metadata={"help": "preprocessing; sizes follow the encoder"}
     )

@@ -62,6 +62,8 @@ def cache_key(
     if dtype != torch.float32:  # computed in bfloat16 (float32 caches keep their keys)
         h.update(str(dtype).encode())
     h.update(encoder.name.encode())
+    if encoder.stages:  # multi-scale features (single-scale caches keep their keys)
+        h.update(json.dumps(encoder.stages).encode())
     for name, tensor in encoder.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
