@@ -188,6 +188,10 @@ def test_every_registered_encoder_builds_to_its_entry() -> None:
             encoder = build_encoder(name).eval()
             x = torch.zeros(1, 3, entry.image.height, entry.image.width)
             assert encoder(x).shape == (1, entry.feature_dim), name
+            if entry.stages:  # multi-scale: more dimensions, as many as it says
+                multiscale = build_encoder(name, multiscale=True).eval()
+                assert multiscale(x).shape == (1, multiscale.output_dim), name
+                assert multiscale.output_dim > entry.feature_dim, name
         encoder = Encoder(name, entry, nn.Identity())
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in entry.norm)
         images = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)  # (1, 3, 1, 1)
