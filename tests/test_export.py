@@ -62,8 +62,9 @@ def test_onnx_export_captions_like_pytorch(
 
 @pytest.mark.slow
 def test_onnx_export_of_inception_with_tf_slim_pooling_and_tf1_resize(tmp_path: Path) -> None:
-    """The inception_v3 encoder pools as TF-slim (a forward pre-hook) and an imported im2txt
-    model resizes as TF1: both must survive export (the graph and export.json)."""
+    """The inception_v3 encoder pools as TF-slim (a forward pre-hook), multi-scale features
+    come from forward hooks, and an imported im2txt model resizes as TF1: all must
+    survive export (the graph and export.json)."""
     from showtell.checkpoint import save_checkpoint
     from showtell.config import ImageConfig, ModelConfig
     from showtell.data.vocab import Vocabulary
@@ -78,7 +79,12 @@ def test_onnx_export_of_inception_with_tf_slim_pooling_and_tf1_resize(tmp_path: 
     vocab = Vocabulary.load(tmp_path / "word_counts.txt")
     image = ImageConfig(resize_height=80, resize_width=80, height=75, width=75, resize_method="tf1")
     config = ModelConfig(
-        encoder="inception_v3", vocab_size=12, embedding_size=16, num_lstm_units=16, image=image
+        encoder="inception_v3",
+        vocab_size=12,
+        embedding_size=16,
+        num_lstm_units=16,
+        image=image,
+        multiscale_features=True,
     )
     save_checkpoint(tmp_path / "train", 1, ShowAndTell(config).eval(), config, vocab, {}, {}, 1)
     out = tmp_path / "onnx"
