@@ -148,3 +148,20 @@ def test_demo_reuses_a_train_dir_only_for_the_same_settings(tmp_path: Path, caps
     assert not _reuse_train_dir(train_dir, {"model": {"embedding_size": 512}})
     assert (previous / "model.ckpt-10").is_dir()  # replaced the older one
     assert not (previous / "model.ckpt-3000").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [("model", "num_lstm_unit"), ("train", "batch_sise"), ("demo", "image")]
+)
+def test_a_misspelt_preset_key_stops_the_demo_before_any_work(
+    tmp_path: Path, capsys, section: str, key: str
+) -> None:
+    """Every section of the preset is read before the first scene is drawn: one line
+    naming the file and the key, nothing written."""
+    preset = tmp_path / "mine.json"
+    preset.write_text(json.dumps({**SMALL_PRESET, section: {key: 3}}))
+    out = tmp_path / "demo"
+    assert main(["demo", f"--config={preset}", f"--output_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(preset) in err[0] and f"{section}.{key}" in err[0], err
+    assert not out.exists() or not any(out.iterdir())

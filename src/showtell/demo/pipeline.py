@@ -33,11 +33,11 @@ from showtell.checkpoint import latest_checkpoint, load_checkpoint
 from showtell.config import (
     DemoConfig,
     InferenceConfig,
-    ModelConfig,
     TrainConfig,
     load_preset,
     preset_section,
 )
+from showtell.config.merge import Source
 from showtell.data.build import DATASET_JSON, BuildConfig, build_mscoco, format_summary
 from showtell.data.records import expand_file_patterns
 from showtell.demo.synthetic import (
@@ -58,6 +58,7 @@ from showtell.evaluation.evaluate import (
 )
 from showtell.evaluation.metrics import METRIC_NAMES, Scores, ptb_tokenize, score_captions
 from showtell.inference import Captioner, caption_files, format_captions
+from showtell.model import model_request
 from showtell.training.train import train
 
 DEMO_SEED = 1234
@@ -145,6 +146,10 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
     preset = load_preset(preset_name)
     demo: DemoConfig = preset_section(preset, DemoConfig, "demo", preset_name)
     beam: InferenceConfig = preset_section(preset, InferenceConfig, "inference", preset_name)
+    model = preset.get("model", {})
+    request = model_request((Source(preset_name, "model"), model))  # checked before any work
+    train_settings = preset_section(preset, TrainConfig, "train", preset_name)
+    _require_weights(request.config.encoder)
     synthetic_dir, records_dir = output_dir / "synthetic", output_dir / "records"
     fresh_dir = output_dir / "fresh-scenes"
     train_dir, eval_dir = output_dir / "train", output_dir / "eval"
@@ -176,10 +181,8 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
 
     # 3-4. Phase 1 on the frozen ImageNet encoder's cached features, then phase 2.
     train_pattern = str(records_dir / "train-?????-of-00008")
-    model = preset.get("model", {})
-    _require_weights(model.get("encoder", ModelConfig.encoder))
     base = dataclasses.replace(
-        preset_section(preset, TrainConfig, "train", preset_name),
+        train_settings,
         input_file_pattern=train_pattern,
         train_dir=str(train_dir),
         feature_cache_dir=str(output_dir / "feature-cache"),
@@ -201,7 +204,7 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
         encoder = "frozen, cached features" if phase == 1 else "fine-tuned with the decoder"
         _banner(f"[{number}/6] phase {phase}: training to step {end} (encoder {encoder})")
         config = dataclasses.replace(base, number_of_steps=end, train_inception=phase == 2)
-        train(config, model)
+        train(config, request)
     train_seconds = time.perf_counter() - start
 
     # 5. Evaluation: the held-out test scenes, then fresh scenes from another seed.
