@@ -27,6 +27,9 @@ module branches on encoder names.
   (a linear probe: 81% vs 72% of shapes) and trained (benchmarks/README.md). Nobody
   publishes weights for it: it starts random, with batch-norm statistics calibrated on
   the training images (`calibrate_batch_norm`).
+
+With `multiscale_features`, an encoder whose entry names its `stages` puts their
+outputs' spatial means in front of its pooled features (`Encoder`).
 """
 
 from __future__ import annotations
@@ -103,7 +106,10 @@ class Encoder(nn.Module):
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
         self.stages = entry.stages if multiscale else ()
         if multiscale and not entry.stages:
-            raise ShowtellError(f"--encoder {name} offers no multi-scale features")
+            raise ShowtellError(
+                f"--encoder {name} offers no multi-scale features (its registry entry names "
+                "no stages): leave out --multiscale_features"
+            )
         # Forward hooks rather than timm's `forward_intermediates` or torchvision's FX
         # feature extractor: the same five lines for every backbone, any library's.
         self._stage_outputs: dict[str, torch.Tensor] = {}
@@ -124,8 +130,8 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def _stage_channels(self) -> list[int]:
-        """Each stage's channel count, from one small image through the backbone (any
-        network's, with no per-architecture bookkeeping)."""
+        """Each stage's channel count, from one blank image of the entry's input size
+        through the backbone (any network's, with no per-architecture bookkeeping)."""
         if not self.stages:
             return []
         was_training = self.backbone.training
