@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -88,6 +90,34 @@ def test_frozen_encoder_gets_no_gradients_and_keeps_its_statistics() -> None:
     weights = [p for p in model.encoder.parameters() if p.ndim > 1]
     expected = 4e-5 * 0.5 * sum(float(w.detach().pow(2).sum()) for w in weights)
     assert model.encoder_l2_loss().item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_phase_2_with_frozen_batch_norm_starts_from_phase_1s_features() -> None:
+    """--freeze_encoder_batch_norm: in phase 2 the encoder trains, but its batch norm
+    normalises as in phase 1 (the features equal the eval-mode encoder's) and keeps its
+    running statistics; its scales and shifts get gradients. Without it, the same batch
+    gives other features (each batch's statistics)."""
+    torch.manual_seed(0)
+    model = ShowAndTell(dataclasses.replace(TINY, encoder_dropout_keep_prob=1.0))
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        phase_1 = model.encoder.eval()(images)  # the reference: inference mode throughout
+    bn = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
+
+    model.set_train_encoder(True, freeze_batch_norm=True)
+    model.train()
+    features = model.encoder(images)
+    torch.testing.assert_close(features, phase_1)
+    features.sum().backward()
+    assert all(m.weight.grad is not None for m in bn)
+    for m, (mean, var) in zip(bn, before, strict=True):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+    assert model.encoder.dropout.training  # only batch norm stays in inference mode
+
+    model.set_train_encoder(True)  # im2txt's phase 2
+    model.train()
+    assert (model.encoder(images) - phase_1).abs().max() > 1e-2
 
 
 def test_dropout_only_in_training() -> None:

@@ -75,6 +75,24 @@ def test_tiny_model_learns_and_phase_two_follows(records: Path, tmp_path: Path, 
         and (run / INDEX_FILE).read_text().strip() == "model.ckpt-606"
     )
 
+    # Phase 2 with the encoder's batch norm frozen: its weights train, its running
+    # statistics stay (they moved above, with im2txt's batch norm).
+    frozen = train(
+        config(
+            records,
+            run,
+            609,
+            train_inception=True,
+            train_inception_learning_rate=0.5,
+            freeze_encoder_batch_norm=True,
+        ),
+        MODEL,
+    )
+    before, after = after, weights(Path(frozen["checkpoint"]))
+    statistics = [k for k in after if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(before[k], after[k]) for k in statistics)
+    assert not torch.equal(before["encoder.backbone.0.weight"], after["encoder.backbone.0.weight"])
+
 
 def test_kill_and_resume_continues_exactly(records: Path, tmp_path: Path) -> None:
     # The rate halves every ~12 steps here: the resumed run must follow the schedule.

@@ -65,6 +65,7 @@ class ShowAndTell(nn.Module):
         self.lstm_dropout = nn.Dropout(1.0 - config.lstm_dropout_keep_prob)
         self.logits = nn.Linear(h, v)
         self.train_encoder = False
+        self.freeze_batch_norm = False
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -86,9 +87,13 @@ class ShowAndTell(nn.Module):
 
     # --- phases -------------------------------------------------------------------------
 
-    def set_train_encoder(self, train_encoder: bool) -> None:
-        """Phase 1 (False): encoder frozen, in eval mode, no gradients. Phase 2: trained."""
+    def set_train_encoder(self, train_encoder: bool, freeze_batch_norm: bool = False) -> None:
+        """Phase 1 (False): encoder frozen, in eval mode, no gradients. Phase 2: trained;
+        with `freeze_batch_norm` its batch-norm layers stay in inference mode (their
+        running statistics normalise and stay as they are; their scales and shifts
+        train), so that phase 2 starts from the very features phase 1 learnt on."""
         self.train_encoder = train_encoder
+        self.freeze_batch_norm = freeze_batch_norm
         self.encoder.requires_grad_(train_encoder)
         self.train(self.training)
 
@@ -96,6 +101,10 @@ class ShowAndTell(nn.Module):
         super().train(mode)
         if not self.train_encoder:
             self.encoder.eval()  # batch-norm keeps its running statistics, no dropout
+        elif self.freeze_batch_norm:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def encoder_l2_loss(self) -> torch.Tensor:

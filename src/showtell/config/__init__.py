@@ -153,6 +153,11 @@ class TrainConfig:
     learning_rate_decay_factor: float = opt(0.5, "phase 1: multiply the rate by this...")
     num_epochs_per_decay: float = opt(8.0, "...every this many epochs (staircase)")
     train_inception_learning_rate: float = opt(0.0005, "phase 2: constant learning rate")
+    freeze_encoder_batch_norm: bool = opt(
+        False,
+        "phase 2: the encoder's batch norm normalises with its running statistics and keeps "
+        "them (im2txt: with each batch's); for small batches or images unlike ImageNet",
+    )
     clip_gradients: float = opt(5.0, "clip gradients to this global norm")
     max_checkpoints_to_keep: int = opt(5, "older checkpoints are deleted")
     save_interval_secs: float = opt(600.0, "save a checkpoint this often (0: never by time)")

@@ -248,7 +248,7 @@ def _train(config: TrainConfig, request: ModelRequest, process: Process) -> dict
 
     start = _start(config, request, vocab, files, process)
     model = start.model
-    model.set_train_encoder(phase.train_encoder)
+    model.set_train_encoder(phase.train_encoder, config.freeze_encoder_batch_norm)
     model.to(process.device)
     if start.global_step >= config.number_of_steps:
         logger.info("Step %d already reaches --number_of_steps; nothing to do", start.global_step)
