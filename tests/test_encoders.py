@@ -34,6 +34,15 @@ PHOTOS = Path(skimage.__file__).parent / "data"
 ESPRESSO = 967  # ImageNet-1k class ids (the standard synset order)
 CATS = {281: "tabby", 282: "tiger cat", 285: "Egyptian cat"}
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+# Multi-scale feature sizes, from the papers' tables: Inception v3's Mixed_5d (288) and
+# Mixed_6e (768) before its 2,048; EfficientNet-Lite's stages 3-7 (40, 80, 112, 192, 320;
+# Lite2's width multiplier 1.1 rounds them to 48, 88, 120, 208, 352) before its 1,280.
+MULTISCALE_DIMS = {
+    "inception_v3": 288 + 768 + 2048,
+    "efficientnet_lite0": 40 + 80 + 112 + 192 + 320 + 1280,
+    "efficientnet_lite1": 40 + 80 + 112 + 192 + 320 + 1280,
+    "efficientnet_lite2": 48 + 88 + 120 + 208 + 352 + 1280,
+}
 
 
 @pytest.fixture(scope="module", params=LITES)
@@ -165,6 +174,9 @@ def test_multiscale_features_are_timm_intermediates_pooled() -> None:
     assert cache_key(encoder, image, files) != cache_key(single, image, files)
     with pytest.raises(ShowtellError, match="--encoder resnet18 offers no multi-scale features"):
         build_encoder("resnet18", multiscale=True)
+    with pytest.raises(ShowtellError, match=r"timm/test_vit offers no .* gives \(1, "):
+        build_encoder("timm/test_vit", multiscale=True)  # its blocks give tokens
+    assert encoder_entry("timm/test_mambaout").stages == ()  # channels-last maps
 
 
 def test_timm_weights_offline_warn_and_start_random_quickly(
@@ -188,10 +200,9 @@ def test_every_registered_encoder_builds_to_its_entry() -> None:
             encoder = build_encoder(name).eval()
             x = torch.zeros(1, 3, entry.image.height, entry.image.width)
             assert encoder(x).shape == (1, entry.feature_dim), name
-            if entry.stages:  # multi-scale: more dimensions, as many as it says
+            if entry.stages:  # multi-scale: the stages' channels in front of the features
                 multiscale = build_encoder(name, multiscale=True).eval()
-                assert multiscale(x).shape == (1, multiscale.output_dim), name
-                assert multiscale.output_dim > entry.feature_dim, name
+                assert multiscale(x).shape == (1, MULTISCALE_DIMS[name]), name
         encoder = Encoder(name, entry, nn.Identity())
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in entry.norm)
         images = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)  # (1, 3, 1, 1)

@@ -82,10 +82,10 @@ class EncoderEntry:
     head_keys: tuple[str, ...] = ()
     """Key prefixes of the classifier in weight files: not part of the backbone."""
     stages: tuple[str, ...] = ()
-    """Backbone modules (by name, finest first) whose outputs, averaged over space, are
-    appended to the features when `multiscale` is asked for: the network's stages from
-    1/8 of the input resolution on, the last one's excepted when it is what the
-    features pool. Empty: the encoder offers no multi-scale features."""
+    """Backbone modules (by name, finest first) whose (B, C, H, W) outputs, averaged
+    over space, go in front of the features when `multiscale` is asked for: the
+    network's stages from 1/8 of the input resolution on, the last one's excepted when
+    it is what the features pool. Empty: the encoder offers no multi-scale features."""
 
 
 class Encoder(nn.Module):
@@ -138,9 +138,15 @@ class Encoder(nn.Module):
         self.backbone.eval()
         self.backbone(torch.zeros(1, 3, self.entry.image.height, self.entry.image.width))
         self.backbone.train(was_training)
-        channels = [self._stage_outputs[stage].shape[1] for stage in self.stages]
-        self._stage_outputs.clear()
-        return channels
+        outputs = [self._stage_outputs.pop(stage) for stage in self.stages]
+        for stage, output in zip(self.stages, outputs, strict=True):
+            if output.ndim != 4:  # e.g. a transformer's (B, N, C) tokens
+                raise ShowtellError(
+                    f"--encoder {self.name} offers no multi-scale features (its stage "
+                    f"{stage} gives {tuple(output.shape)}, not a (B, C, H, W) map): leave out "
+                    "--multiscale_features"
+                )
+        return [output.shape[1] for output in outputs]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images  # (B, 3, H, W) in [-1, 1]

@@ -70,10 +70,15 @@ class TimmInfo:
     stages: tuple[str, ...]  # its feature stages from stride 8 on, but the pooled one
 
 
-def _stages(feature_info: list[dict[str, Any]], feature_dim: int) -> tuple[str, ...]:
+def _stages(model: Any) -> tuple[str, ...]:
     """The modules of timm's `feature_info` from stride 8 on, less the last one when it
-    is the map the features pool (its channels are the features')."""
-    stages = [info for info in feature_info if info["reduction"] >= 8]
+    is the map the features pool (its channels are the features'). None for models
+    whose blocks give channels-last maps (`output_fmt` NHWC: Swin, MambaOut); models
+    whose blocks give tokens (ViT) are refused when the encoder is built."""
+    if getattr(model, "output_fmt", "NCHW") != "NCHW":
+        return ()
+    feature_dim = int(model.num_features)
+    stages = [info for info in model.feature_info if info["reduction"] >= 8]
     if stages and stages[-1]["num_chs"] == feature_dim:
         stages.pop()
     return tuple(info["module"] for info in stages)
@@ -93,7 +98,7 @@ def timm_info(model_name: str) -> TimmInfo:
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),  # type: ignore[arg-type]
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),  # type: ignore[arg-type]
         head_keys=tuple(f"{head}." for head in heads),
-        stages=_stages(model.feature_info, int(model.num_features)),
+        stages=_stages(model),
     )
 
 

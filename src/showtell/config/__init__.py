@@ -114,12 +114,14 @@ class ModelConfig:
     normalize_features: bool = opt(
         False,
         "standardise encoder features per dimension with statistics of the training "
-        "images, measured once at step 0 (for encoders without pretrained weights)",
+        "images, measured once at step 0 (for encoders without pretrained weights, and "
+        "for multi-scale features)",
     )
     multiscale_features: bool = opt(
         False,
-        "append the spatial means of the encoder's earlier stages (from 1/8 resolution on) "
-        "to its pooled features: colours and small details its last layer drops (not im2txt's)",
+        "put the spatial means of the encoder's earlier stages (from 1/8 resolution on) in "
+        "front of its pooled features: colours and small details its last layer drops (not "
+        "im2txt's); their scales differ by orders of magnitude: use with --normalize_features",
     )
     image: ImageConfig = field(
         default_factory=ImageConfig, metadata={"help": "preprocessing; sizes follow the encoder"}

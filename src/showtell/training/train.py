@@ -179,6 +179,11 @@ def _start(
         if config.train_inception and source.startswith("random"):
             logger.warning("phase 2 on an empty train_dir: the encoder is random")
     logger.info("Initialising a new model in %s (encoder: %s)", train_dir, source)
+    if model_config.multiscale_features and not model_config.normalize_features:
+        logger.warning(
+            "--multiscale_features without --normalize_features: the stages' scales differ "
+            "by orders of magnitude, and the decoder may learn to ignore the image"
+        )
     if source.startswith("random"):
         used = calibrate_batch_norm(model.encoder, image_batches(files, model_config, limit=2048))
         logger.info("Calibrated the random encoder's batch-norm on %s training images", f"{used:,}")
