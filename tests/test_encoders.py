@@ -214,6 +214,11 @@ def test_torchvision_and_timm_by_name_and_clear_errors() -> None:
     assert entry.feature_dim == 512 and entry.norm == IMAGENET_NORM
     assert (entry.image.resize_height, entry.image.height) == (256, 224)
     assert encoder_entry("inception_v3").image == ImageConfig()  # the seed's default
+    for name in ("timm/mobilenetv3_small_100", "timm/resnet18"):  # a head after pooling, none
+        with torch.device("meta"):
+            encoder = build_encoder(name).eval()
+            x = torch.zeros(1, 3, encoder.entry.image.height, encoder.entry.image.width)
+            assert encoder(x).shape == (1, encoder.output_dim), name
     for name in ("resnet_nope", "timm/nope_net"):
         with pytest.raises(ShowtellError, match="nope"):
             encoder_entry(name)

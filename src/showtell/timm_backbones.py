@@ -92,7 +92,8 @@ def timm_info(model_name: str) -> TimmInfo:
     heads = cfg.get("classifier") or "classifier"
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
     return TimmInfo(
-        feature_dim=int(model.num_features),
+        # What `num_classes=0` gives: a head after pooling (MobileNetV3's) has its own size.
+        feature_dim=int(getattr(model, "head_hidden_size", None) or model.num_features),
         input_size=(int(cfg["input_size"][1]), int(cfg["input_size"][2])),
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),  # type: ignore[arg-type]
