@@ -23,6 +23,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "showtell.evaluation.cider": (1, "metrics"),
     "showtell.evaluation.ptb_tokenizer": (1, "metrics"),
     "showtell.encoders": (2, "model"),
+    "showtell.encoder_weights": (2, "model"),
     "showtell.timm_backbones": (2, "model"),
     "showtell.torchvision_backbones": (2, "model"),
     "showtell.model": (2, "model"),

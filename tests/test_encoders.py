@@ -15,14 +15,13 @@ from torch import nn
 
 from showtell.config import PRESETS_DIR, ImageConfig, load_preset, preset_section
 from showtell.data.preprocess import ImagePreprocessor
+from showtell.encoder_weights import load_encoder_weights, load_pretrained
 from showtell.encoders import (
     ENCODERS,
     IMAGENET_NORM,
     Encoder,
     build_encoder,
     encoder_entry,
-    load_encoder_weights,
-    load_pretrained,
 )
 from showtell.errors import ShowtellError
 from showtell.training.features import cache_key

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from showtell.encoders import build_encoder, load_pretrained
+from showtell.encoder_weights import load_pretrained
+from showtell.encoders import build_encoder
 from showtell.errors import ShowtellError
 from showtell.tf_import import reader
 from showtell.tf_import.inception import read_tf_slim_encoder

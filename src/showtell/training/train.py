@@ -60,7 +60,8 @@ from showtell.data.build import build_markers
 from showtell.data.records import expand_file_patterns
 from showtell.data.vocab import Vocabulary
 from showtell.device import Process, compute_dtype, precision_context, setup_process
-from showtell.encoders import calibrate_batch_norm, load_pretrained
+from showtell.encoder_weights import load_pretrained
+from showtell.encoders import calibrate_batch_norm
 from showtell.errors import ShowtellError
 from showtell.model import ShowAndTell, model_request
 from showtell.tf_import.reader import find_tf_checkpoint
