@@ -60,10 +60,6 @@ FLAGS = Source()
 Layer = tuple[Source, Mapping[str, Any]]
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _convert(value: Any, hint: Any, where: str) -> Any:
     """value as the field's declared type (JSON's lists as tuples, ints as floats)."""
     if hint is Any:
@@ -133,7 +129,7 @@ def _build(
 ) -> Any:
     """cls from base and the given values; `flags` is the fields' flag prefix (a nested
     dataclass's `--image.`, none for one whose field says `flat`)."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     names: dict[str, tuple[str, str | None]] = {}
     for f in dataclasses.fields(cls):
