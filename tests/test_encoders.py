@@ -4,6 +4,7 @@ real photographs classified through the registry's own preprocessing."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 import warnings
@@ -242,7 +243,8 @@ def test_lite_weights_missing_package_warns_and_starts_random(
 def test_every_shipped_preset_loads_and_builds(path: Path) -> None:
     """Every preset file: its sections parse into their dataclasses and its model builds."""
     from showtell import config
-    from showtell.model import ShowAndTell, resolve_model_config
+    from showtell.config.merge import Source
+    from showtell.model import ShowAndTell, model_request
 
     preset = load_preset(path.stem)
     for section, cls in (
@@ -252,7 +254,8 @@ def test_every_shipped_preset_loads_and_builds(path: Path) -> None:
     ):
         if section in preset:
             preset_section(preset, cls, section, str(path))
-    model_config = resolve_model_config(preset.get("model", {}), vocab_size=20)
+    request = model_request((Source(str(path), "model"), preset.get("model", {})))
+    model_config = dataclasses.replace(request.config, vocab_size=20)
     model = ShowAndTell(model_config)
     image = model_config.image
     with torch.no_grad():

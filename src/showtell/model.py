@@ -25,16 +25,12 @@ For generation the model offers `encode(images) -> state` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from showtell.config import ModelConfig, ModelRequest
-from showtell.config.merge import Layer, Source, given_keys, resolve
+from showtell.config.merge import Layer, given_keys, resolve
 from showtell.encoders import Encoder, build_encoder, encoder_entry
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (N, H)
@@ -227,10 +223,3 @@ def model_request(*layers: Layer) -> ModelRequest:
         encoder = values.get("encoder", encoder)
     base = ModelConfig(encoder=encoder, image=encoder_entry(str(encoder)).image)
     return ModelRequest(resolve(ModelConfig, *layers, base=base), given_keys(ModelConfig, *layers))
-
-
-def resolve_model_config(settings: Mapping[str, Any], vocab_size: int) -> ModelConfig:
-    """A new model's config from a preset's model section (`model_request`'s), sized
-    for the vocabulary."""
-    request = model_request((Source("model settings", "model"), settings))
-    return replace(request.config, vocab_size=vocab_size)
