@@ -15,12 +15,17 @@ from showtell.config import load_preset, preset_path
 from showtell.config.merge import FLAGS, Layer, Source, T, resolve
 
 
+def flag_names(name: str, prefix: str = "") -> list[str]:
+    """`--prefixname` and, when the name has underscores, `--prefixdashed-name`."""
+    names = [f"--{prefix}{name}"]
+    if "_" in name:
+        names.append(f"--{prefix}{name.replace('_', '-')}")
+    return names
+
+
 def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     """Adds `--name` and, when it has underscores, `--dashed-name` as the same flag."""
-    names = [f"--{name}"]
-    if "_" in name:
-        names.append(f"--{name.replace('_', '-')}")
-    parser.add_argument(*names, dest=name, **kwargs)
+    parser.add_argument(*flag_names(name), dest=name, **kwargs)
 
 
 def positive_int(text: str) -> int:
@@ -58,12 +63,11 @@ def add_dataclass_flags(
     _add_fields(group, cls, prefix, "", skip)
 
 
-def _type_of(hint: Any) -> tuple[Any, bool]:
-    """(the type without `| None`, whether None is allowed)."""
+def _type_of(hint: Any) -> Any:
+    """The type without `| None` (None is what the dataclass holds when not given)."""
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
-    return hint, False
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
 
 
 def _default_text(f: dataclasses.Field, scale: float) -> str:
@@ -96,7 +100,7 @@ def _add_fields(group: Any, cls: type, dest: str, flag: str, skip: Sequence[str]
         }
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             kwargs.update(required=True, help=help_text.replace("%", "%%"))
-        kind, optional = _type_of(hints[f.name])
+        kind = _type_of(hints[f.name])
         if kind is bool:
             kwargs.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
         elif typing.get_origin(kind) is tuple:
@@ -110,11 +114,7 @@ def _add_fields(group: Any, cls: type, dest: str, flag: str, skip: Sequence[str]
             raise TypeError(f"{cls.__name__}.{f.name}: no flag for a {kind}")
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        del optional  # None is what the dataclass holds when the flag is not given
-        names = [f"--{flag}{name}"]
-        if "_" in name:
-            names.append(f"--{flag}{name.replace('_', '-')}")
-        group.add_argument(*names, **kwargs)
+        group.add_argument(*flag_names(name, flag), **kwargs)
 
 
 def _scaled(convert: Callable[[str], Any], scale: float) -> Callable[[str], Any]:
