@@ -33,6 +33,7 @@ OPTIMIZERS = ("SGD", "Momentum", "Adam", "Adagrad")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("off", "constant", "linear", "inverse_sigmoid")
 SCST_BASELINES = ("mean", "greedy")
+DEVICE_HELP = "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps"  # every --device
 
 
 def opt(default: Any, help: str) -> Any:
@@ -168,7 +169,7 @@ class TrainConfig:
     feature_cache: bool = opt(True, "phase 1: compute encoder features once and train on them")
     feature_cache_dir: str = opt("", "where cached features live (default: ~/.cache/showtell)")
     num_workers: int = opt(2, "DataLoader processes decoding images")
-    device: str = opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    device: str = opt("auto", DEVICE_HELP)
     compile: bool = opt(False, "torch.compile the model (CUDA)")
     precision: str = opt(
         "auto",

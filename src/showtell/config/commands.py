@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from showtell.config import InferenceConfig, opt
+from showtell.config import DEVICE_HELP, InferenceConfig, opt
 from showtell.config.merge import SettingError, check_least
 
-DEVICE_HELP = "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps"
 VOCAB_HELP = (
     "word_counts.txt: required for an im2txt (TensorFlow) checkpoint; a showtell "
     "checkpoint carries its own (if given, must match it)"
