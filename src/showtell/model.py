@@ -5,8 +5,8 @@
     words (B, T) -> seq_embedding -> (B, T, E) -> LSTM from that state -> (B, T, H)
     -> logits (B, T, V)
 
-D is the encoder's pooled features, led by its earlier stages' pooled outputs when
-`multiscale_features` is set.
+D is the encoder's pooled features, led by its earlier stages' outputs max- or
+mean-pooled over space (`stage_pooling`) when `multiscale_features` is set.
 
 The image enters the LSTM once, as the input of a first step whose output is
 discarded. In training, dropout (keep 0.7) acts on the LSTM's inputs, the image step
@@ -45,6 +45,7 @@ class ShowAndTell(nn.Module):
             batch_norm_decay=config.encoder_batch_norm_decay,
             dropout=1.0 - config.encoder_dropout_keep_prob,
             multiscale=config.multiscale_features,
+            stage_pooling=config.stage_pooling,
         )
         d, e, h, v = (
             self.encoder.output_dim,

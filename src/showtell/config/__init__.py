@@ -33,6 +33,7 @@ OPTIMIZERS = ("SGD", "Momentum", "Adam", "Adagrad")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("off", "constant", "linear", "inverse_sigmoid")
 SCST_BASELINES = ("mean", "greedy")
+STAGE_POOLINGS = ("max", "mean")  # see ModelConfig.stage_pooling
 DEVICE_HELP = "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps"  # every --device
 
 
@@ -120,15 +121,22 @@ class ModelConfig:
     )
     multiscale_features: bool = opt(
         False,
-        "put the spatial means of the encoder's earlier stages (from 1/8 resolution on) in "
+        "put the encoder's earlier stages (from 1/8 resolution on), pooled over space, in "
         "front of its pooled features: colours and small details its last layer drops (not "
         "im2txt's); their scales differ by orders of magnitude: use with --normalize_features",
+    )
+    stage_pooling: str = opt(
+        "max",
+        "how --multiscale_features pools each stage over space: max (each channel's "
+        "strongest response, wherever it is: keeps which colour goes with which shape) "
+        "or mean",
     )
     image: ImageConfig = field(
         default_factory=ImageConfig, metadata={"help": "preprocessing; sizes follow the encoder"}
     )
 
     def __post_init__(self) -> None:
+        check_choice("stage_pooling", self.stage_pooling, STAGE_POOLINGS)
         for name in ("vocab_size", "embedding_size", "num_lstm_units"):
             check_least(name, getattr(self, name), 1)
         for name in ("lstm_dropout_keep_prob", "encoder_dropout_keep_prob"):
@@ -343,5 +351,6 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def model_config_from_dict(data: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
-    """A whole ModelConfig from its JSON form (a checkpoint's config.json)."""
-    return resolve(ModelConfig, (Source(source, "model"), data))
+    """A whole ModelConfig from its JSON form (a checkpoint's config.json). Checkpoints
+    written before `stage_pooling` existed pooled their stages by the mean."""
+    return resolve(ModelConfig, (Source(source, "model"), {"stage_pooling": "mean", **data}))

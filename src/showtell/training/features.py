@@ -64,6 +64,8 @@ def cache_key(
     h.update(encoder.name.encode())
     if encoder.stages:  # multi-scale features (single-scale caches keep their keys)
         h.update(json.dumps(encoder.stages).encode())
+        if encoder.stage_pooling != "mean":  # (mean-pooled caches keep their keys)
+            h.update(encoder.stage_pooling.encode())
     for name, tensor in encoder.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
