@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from showtell.config import (
+    STAGE_POOLINGS,
     ImageConfig,
     ModelConfig,
     TrainConfig,
@@ -17,8 +18,9 @@ from showtell.config import (
     to_dict,
 )
 from showtell.config.merge import FLAGS, Source, resolve
+from showtell.encoders import STAGE_POOLS
 from showtell.errors import ShowtellError
-from showtell.model import model_request
+from showtell.model import ShowAndTell, model_request
 
 
 @pytest.mark.parametrize(
@@ -60,10 +62,16 @@ def test_values_take_their_fields_types() -> None:
 def test_checkpoints_written_before_stage_pooling_keep_pooling_by_the_mean() -> None:
     """A checkpoint's config.json from before `stage_pooling` existed was trained on
     mean-pooled stages; new ones record their choice (max by default)."""
-    new = to_dict(ModelConfig(multiscale_features=True))
+    new = to_dict(
+        ModelConfig(encoder="timm/test_efficientnet", vocab_size=8, multiscale_features=True)
+    )
     old = {k: v for k, v in new.items() if k != "stage_pooling"}
-    assert model_config_from_dict(old).stage_pooling == "mean"
-    assert model_config_from_dict(new).stage_pooling == "max"
+    for saved, pooling in ((old, "mean"), (new, "max")):
+        config = model_config_from_dict(saved)
+        assert config.stage_pooling == pooling
+        assert ShowAndTell(config).encoder.stage_pooling == pooling  # what the model pools by
+    for stage_pooling in STAGE_POOLINGS:  # every accepted name has a pooling
+        assert stage_pooling in STAGE_POOLS
     with pytest.raises(ShowtellError, match=r"^--stage_pooling median: use one of max, mean$"):
         ModelConfig(stage_pooling="median")
 

@@ -55,6 +55,13 @@ INCEPTION_NORM: tuple[RGB, RGB] = ((0.5,) * 3, (0.5,) * 3)  # [-1, 1]: TF-slim, 
 IMAGENET_NORM: tuple[RGB, RGB] = torchvision_backbones.IMAGENET_NORM
 TF_LITE_NORM: tuple[RGB, RGB] = ((127 / 255,) * 3, (128 / 255,) * 3)  # (x - 127) / 128 on 0-255
 
+# How `multiscale` pools a stage's (B, C, H, W) map over space: what config's
+# STAGE_POOLINGS names (ModelConfig.stage_pooling).
+STAGE_POOLS: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
+    "max": torch.amax,
+    "mean": torch.mean,
+}
+
 # A state dict in the backbone's layout (its classifier's keys may be there too), and
 # where it came from.
 Weights = tuple[dict[str, torch.Tensor], str]
@@ -113,6 +120,10 @@ class Encoder(nn.Module):
         self.backbone = backbone
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
         self.stages = entry.stages if multiscale else ()
+        if stage_pooling not in STAGE_POOLS:
+            raise ShowtellError(
+                f"--stage_pooling {stage_pooling}: use one of {', '.join(STAGE_POOLS)}"
+            )
         self.stage_pooling = stage_pooling
         if multiscale and not entry.stages:
             raise ShowtellError(
@@ -164,7 +175,7 @@ class Encoder(nn.Module):
         features = self.backbone(x).flatten(1)  # (B, F)
         if self.stages:  # (B, C1 + ... + Ck + F)
             maps = [self._stage_outputs.pop(stage) for stage in self.stages]  # (B, Ci, Hi, Wi)
-            pool = torch.amax if self.stage_pooling == "max" else torch.mean
+            pool = STAGE_POOLS[self.stage_pooling]
             features = torch.cat([*(pool(m, (2, 3)) for m in maps), features], 1)
         return self.dropout(features)
 

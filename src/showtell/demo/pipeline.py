@@ -36,6 +36,7 @@ from showtell.config import (
     TrainConfig,
     load_preset,
     preset_section,
+    to_dict,
 )
 from showtell.config.merge import Source
 from showtell.data.build import DATASET_JSON, BuildConfig, build_mscoco, format_summary
@@ -191,7 +192,7 @@ def run_demo(output_dir: Path, preset_name: str = "cpu-small") -> dict[str, Any]
     paths = {"input_file_pattern", "train_dir", "vocab_file", "feature_cache_dir"}
     settings = {  # what the model learns from: the data and the settings
         "data": dataclasses.asdict(scenes),
-        "model": model,
+        "model": to_dict(request.config),  # resolved: a changed default counts too
         "train": {k: v for k, v in dataclasses.asdict(base).items() if k not in paths},
         "phase_ends": list(phase_ends),
     }
