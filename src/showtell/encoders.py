@@ -120,11 +120,8 @@ class Encoder(nn.Module):
         self.backbone = backbone
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
         self.stages = entry.stages if multiscale else ()
-        if stage_pooling not in STAGE_POOLS:
-            raise ShowtellError(
-                f"--stage_pooling {stage_pooling}: use one of {', '.join(STAGE_POOLS)}"
-            )
-        self.stage_pooling = stage_pooling
+        self.stage_pooling = stage_pooling  # checked by ModelConfig; names the cache
+        self._pool = STAGE_POOLS[stage_pooling]
         if multiscale and not entry.stages:
             raise ShowtellError(
                 f"--encoder {name} offers no multi-scale features (its registry entry names "
@@ -175,8 +172,7 @@ class Encoder(nn.Module):
         features = self.backbone(x).flatten(1)  # (B, F)
         if self.stages:  # (B, C1 + ... + Ck + F)
             maps = [self._stage_outputs.pop(stage) for stage in self.stages]  # (B, Ci, Hi, Wi)
-            pool = STAGE_POOLS[self.stage_pooling]
-            features = torch.cat([*(pool(m, (2, 3)) for m in maps), features], 1)
+            features = torch.cat([*(self._pool(m, (2, 3)) for m in maps), features], 1)
         return self.dropout(features)
 
 
