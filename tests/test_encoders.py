@@ -187,6 +187,27 @@ def test_multiscale_features_are_timm_intermediates_pooled() -> None:
     image, files = ImageConfig(), [Path(__file__)]
     keys = {cache_key(e, image, files) for e in (single, encoder, mean_encoder)}
     assert len(keys) == 3
+
+    # `attention_grid`: the same maps max-pooled to N x N (torch's adaptive pooling,
+    # 12 x 12, 6 x 6 and 3 x 3 to 3 x 3 here), channels stacked, position by position.
+    attending = build_encoder("timm/test_efficientnet", multiscale=True, attention_grid=3).eval()
+    alone = build_encoder("timm/test_efficientnet", attention_grid=3).eval()
+    for e in (attending, alone):
+        load_encoder_weights(e, reference.state_dict(), "timm test_efficientnet")
+    with torch.no_grad():
+        grid = torch.cat([torch.nn.functional.adaptive_max_pool2d(m, 3) for m in stages], 1)
+        positions = grid.permute(0, 2, 3, 1).reshape(2, 9, -1)  # (B, 3 * 3, C), row by row
+        torch.testing.assert_close(
+            attending(x), torch.cat([expected, positions.flatten(1)], 1), rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            alone(x), torch.cat([head, positions.flatten(1)], 1), rtol=1e-5, atol=1e-5
+        )
+    assert attending.memory_shape == alone.memory_shape == (9, 32 + 48 + 64)
+    assert attending.output_dim == encoder.output_dim + 9 * 144 and single.memory_shape is None
+    assert len(keys | {cache_key(e, image, files) for e in (attending, alone)}) == 5
+    with pytest.raises(ShowtellError, match=r"resnet18 offers no .* leave out --attention_grid"):
+        build_encoder("resnet18", attention_grid=2)
     with pytest.raises(ShowtellError, match="--encoder resnet18 offers no multi-scale features"):
         build_encoder("resnet18", multiscale=True)
     with pytest.raises(ShowtellError, match=r"timm/test_vit offers no .* gives \(1, "):

@@ -106,3 +106,39 @@ def test_onnx_export_of_inception_with_tf_slim_pooling_and_tf1_resize(tmp_path: 
     assert (exported - padded).abs().max() > 1e-3  # the check can tell the two poolings apart
 
     _assert_same_captions(onnx_captioner, Captioner(tmp_path / "train"), images)
+
+
+def test_onnx_export_of_an_attending_model(tmp_path: Path) -> None:
+    """A model that attends carries its memory (B, L, units) in the state: the encoder
+    graph gives it, the step graph reads it, and the beams equal PyTorch's."""
+    from showtell.checkpoint import save_checkpoint
+    from showtell.config import ImageConfig, ModelConfig
+    from showtell.data.vocab import Vocabulary
+    from showtell.export import OnnxCaptioner
+    from showtell.model import ShowAndTell
+
+    torch.manual_seed(0)
+    words = ["<S>", "</S>", "a", "b", "c", "d"]
+    (tmp_path / "word_counts.txt").write_text(
+        "".join(f"{w} {9 - i}\n" for i, w in enumerate(words))
+    )
+    vocab = Vocabulary.load(tmp_path / "word_counts.txt")
+    config = ModelConfig(
+        encoder="timm/test_efficientnet",
+        vocab_size=8,
+        embedding_size=16,
+        num_lstm_units=16,
+        initializer_scale=0.5,  # attention that matters to the words
+        attention_grid=2,
+        image=ImageConfig(resize_height=64, resize_width=64, height=64, width=64),
+    )
+    save_checkpoint(tmp_path / "train", 1, ShowAndTell(config).eval(), config, vocab, {}, {}, 1)
+    out = tmp_path / "onnx"
+    assert main(["export", f"--checkpoint_path={tmp_path / 'train'}", f"--output={out}"]) == 0
+    assert json.loads((out / "export.json").read_text())["state"] == ["h", "c", "memory"]
+
+    images = torch.rand(5, 3, 64, 64) * 2 - 1
+    onnx_captioner = OnnxCaptioner(out)
+    memory = onnx_captioner.encoder.run(None, {"images": images.numpy()})[2]
+    assert memory.shape == (5, 4, 16)
+    _assert_same_captions(onnx_captioner, Captioner(tmp_path / "train"), images)

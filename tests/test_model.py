@@ -15,6 +15,14 @@ TINY = ModelConfig(
     num_lstm_units=12,
     image=ImageConfig(resize_height=36, resize_width=36, height=32, width=32),
 )
+# Attending over a 2 x 2 grid of a tiny timm network's stages (8 x 8, 4 x 4, 2 x 2 maps).
+ATTENDING = dataclasses.replace(
+    TINY,
+    encoder="timm/test_efficientnet",
+    multiscale_features=True,
+    attention_grid=2,
+    image=ImageConfig(resize_height=72, resize_width=72, height=64, width=64),
+)
 
 
 def test_parameter_counts_match_im2txt() -> None:
@@ -40,10 +48,11 @@ def test_initialisation() -> None:
     assert others.abs().max() <= 0.08
 
 
-def test_forward_equals_step_by_step() -> None:
+@pytest.mark.parametrize("config", [TINY, ATTENDING], ids=["im2txt", "attending"])
+def test_forward_equals_step_by_step(config: ModelConfig) -> None:
     torch.manual_seed(0)
-    model = ShowAndTell(TINY).eval()
-    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    model = ShowAndTell(config).eval()
+    images = torch.rand(3, 3, config.image.height, config.image.width) * 2 - 1
     input_seqs = torch.randint(0, 23, (3, 7))
     target_seqs = torch.randint(0, 23, (3, 7))
     features = model.image_features(images)
@@ -128,3 +137,70 @@ def test_dropout_only_in_training() -> None:
     assert torch.equal(model.log_probs(features, seqs), model.log_probs(features, seqs))
     model.train()
     assert not torch.equal(model.log_probs(features, seqs), model.log_probs(features, seqs))
+
+
+def test_attention_is_spatial_attention_written_out() -> None:
+    """`attend` is Lu et al.'s spatial attention with a scaled dot product, checked
+    against the formula written out for one output at a time: weights = softmax over
+    positions of (W_q h) . m_l / sqrt(H), context = sum_l weights_l m_l, read from
+    tanh(W_a [h; context] + b_a)."""
+    torch.manual_seed(0)
+    model = ShowAndTell(ATTENDING).eval()
+    units, positions = ATTENDING.num_lstm_units, model.memory_shape[0]
+    assert model.memory_shape == (4, 32 + 48 + 64)  # 2 x 2; timm's stride-8/16/32 stages
+    outputs, memory = torch.randn(2, 5, units), torch.randn(2, positions, units)
+    with torch.no_grad():
+        got = model.attend(outputs, (outputs[:, 0], outputs[:, 0], memory))
+    for b in range(2):
+        for t in range(5):
+            h = outputs[b, t]
+            query = model.query.weight.detach() @ h
+            scores = torch.tensor([float(query @ memory[b, i]) for i in range(positions)])
+            weights = torch.softmax(scores / units**0.5, 0)
+            context = sum(weights[i] * memory[b, i] for i in range(positions))
+            weight, bias = model.attended.weight.detach(), model.attended.bias.detach()
+            expected = torch.tanh(weight @ torch.cat([h, context]) + bias)
+            torch.testing.assert_close(got[b, t], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_reads_the_map_and_im2txt_has_no_attention_layers() -> None:
+    """Attending, the words depend on the map, and on where in it things are (a
+    learnt embedding of each position: attention alone cannot tell two positions'
+    contents apart from their swap); without `attention_grid` the model is im2txt's,
+    layer for layer."""
+    torch.manual_seed(0)
+    model = ShowAndTell(dataclasses.replace(ATTENDING, initializer_scale=0.5)).eval()
+    length, channels = model.memory_shape
+    features = torch.randn(2, model.encoder.output_dim)
+    swapped = features.clone()  # the map's first two positions swapped, pooled kept
+    grid = swapped[:, -length * channels :].view(2, length, channels)
+    grid[:, [0, 1]] = grid[:, [1, 0]]
+    words = torch.randint(0, 23, (2, 4))
+    assert (model.log_probs(features, words) - model.log_probs(swapped, words)).abs().max() > 1e-4
+    plain = ShowAndTell(TINY)
+    assert plain.memory_shape is None and len(plain.encode(torch.zeros(1, 3, 32, 32))) == 2
+    assert not any(hasattr(plain, name) for name in ("memory", "query", "attended"))
+
+
+def test_map_statistics_are_pooled_per_channel() -> None:
+    """`set_feature_statistics` from per-dimension statistics: the pooled features keep
+    theirs, the map gets each channel's mean and standard deviation over every image
+    and position, as computed directly from the values."""
+    model = ShowAndTell(ATTENDING)
+    length, channels = model.memory_shape
+    features = torch.randn(6, model.encoder.output_dim, dtype=torch.float64)
+    features[:, -length * channels :] *= torch.linspace(0.5, 3.0, length * channels)
+    features[:, -length * channels :] += torch.linspace(-2.0, 2.0, length * channels)
+    model.set_feature_statistics(features.mean(0), features.std(0, unbiased=False))
+    pooled = features.shape[1] - length * channels
+    torch.testing.assert_close(model.feature_mean[:pooled], features[:, :pooled].mean(0).float())
+    grid = features[:, pooled:].reshape(6 * length, channels)  # every image and position
+    torch.testing.assert_close(
+        model.feature_mean[pooled:], grid.mean(0).repeat(length).float(), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        model.feature_std[pooled:],
+        grid.std(0, unbiased=False).repeat(length).float(),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -326,3 +326,37 @@ def test_feature_cache_batches_pair_each_image_with_its_captions(
         n = int(mask.sum())
         caption = (*inputs[:n].tolist(), int(targets[n - 1]))
         assert caption in captions[image_id]
+
+
+def test_an_attending_model_trains_on_cached_maps_and_captions(
+    records: Path, tmp_path: Path
+) -> None:
+    """`attention_grid`: the feature cache holds each image's maps after its pooled
+    features, the map is standardised per channel, and the trained model loads and
+    captions, attending, through the inference path."""
+    from showtell.inference import Captioner
+    from showtell.training.features import FeatureCache
+
+    attending = {
+        **MODEL,
+        "encoder": "timm/test_efficientnet",  # tiny, random; stages at 1/8, 1/16, 1/32
+        "attention_grid": 2,
+    }
+    cache_dir = tmp_path / "cache"
+    run = tmp_path / "run"
+    first = train(config(records, run, 1, feature_cache_dir=str(cache_dir)), attending)
+    later = train(config(records, run, 500, feature_cache_dir=str(cache_dir)), attending)
+    assert later["loss"] < 0.7 * first["loss"], (first["loss"], later["loss"])
+
+    captioner = Captioner(run)
+    model = captioner.model
+    positions, channels = model.memory_shape
+    assert (positions, channels) == (4, 32 + 48 + 64)
+    (meta,) = cache_dir.glob("*/meta.json")
+    cache = FeatureCache.open(meta.parent)
+    assert cache.features.shape[1] == model.encoder.output_dim == 256 + 4 * 144
+    grid_std = model.feature_std[-positions * channels :].view(positions, channels)
+    assert torch.equal(grid_std, grid_std[:1].expand(positions, -1))  # one per channel
+    captions = captioner.caption_images(torch.rand(3, 3, 32, 32) * 2 - 1)
+    assert len(captions) == 3
+    assert all(beam and beam[0].tokens[-1] == captioner.vocab.end_id for beam in captions)

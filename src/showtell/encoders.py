@@ -29,7 +29,9 @@ module branches on encoder names.
   the training images (`calibrate_batch_norm`).
 
 With `multiscale_features`, an encoder whose entry names its `stages` puts their
-outputs, max- or mean-pooled over space, in front of its pooled features (`Encoder`).
+outputs, max- or mean-pooled over space, in front of its pooled features; with
+`attention_grid` N, their N x N max-pooled maps follow them, for the decoder to attend
+over (`Encoder`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from showtell import timm_backbones, torchvision_backbones
@@ -88,13 +91,14 @@ class EncoderEntry:
     """Key prefixes of the classifier in weight files: not part of the backbone."""
     stages: tuple[str, ...] = ()
     """Backbone modules (by name, finest first) whose (B, C, H, W) outputs, pooled
-    over space, go in front of the features when `multiscale` is asked for: the
-    network's stages from 1/8 of the input resolution on, the last one's excepted when
-    it is what the features pool. Empty: the encoder offers no multi-scale features."""
+    over space, go in front of the features when `multiscale` is asked for, and whose
+    maps the decoder attends over with `attention_grid`: the network's stages from 1/8
+    of the input resolution on, the last one's excepted when it is what the features
+    pool. Empty: the encoder offers no multi-scale features and no maps."""
 
 
 class Encoder(nn.Module):
-    """Wraps a backbone: (B, 3, H, W) in [-1, 1] -> (B, output_dim) pooled features.
+    """Wraps a backbone: (B, 3, H, W) in [-1, 1] -> (B, output_dim) features.
 
     `multiscale`: the features are the entry's `stages`' outputs pooled over space
     (`stage_pooling`: each channel's maximum or mean), then the backbone's own pooled
@@ -104,7 +108,12 @@ class Encoder(nn.Module):
     where an object is, not diluted by the background and the other objects as its
     mean is; it keeps more of which colour goes with which shape (benchmarks/README.md:
     a probe tells 94% of two-object synthetic scenes exactly from max-pooled stages,
-    87% from their means)."""
+    87% from their means).
+
+    `attention_grid` N > 0: the same stages' maps, each max-pooled to N x N and
+    concatenated over channels, follow the pooled features, flattened position by
+    position: (B, N * N * C) more, `memory_shape` = (N * N, C). One tensor per image
+    still, so that caching, batching and standardising features need not know."""
 
     def __init__(
         self,
@@ -113,26 +122,34 @@ class Encoder(nn.Module):
         backbone: nn.Module,
         multiscale: bool = False,
         stage_pooling: str = "max",
+        attention_grid: int = 0,
     ):
         super().__init__()
         self.name = name
         self.entry = entry
         self.backbone = backbone
         self.dropout = nn.Dropout(0.0)  # after pooling; active only when the encoder trains
-        self.stages = entry.stages if multiscale else ()
+        self.multiscale = multiscale
+        self.attention_grid = attention_grid
+        self.stages = entry.stages if multiscale or attention_grid else ()
         self.stage_pooling = stage_pooling  # checked by ModelConfig; names the cache
         self._pool = STAGE_POOLS[stage_pooling]
-        if multiscale and not entry.stages:
-            raise ShowtellError(
-                f"--encoder {name} offers no multi-scale features (its registry entry names "
-                "no stages): leave out --multiscale_features"
-            )
+        asked = {"--multiscale_features": multiscale, "--attention_grid": attention_grid}
+        for flag, wanted in asked.items():
+            if wanted and not entry.stages:
+                raise ShowtellError(
+                    f"--encoder {name} offers no multi-scale features (its registry entry "
+                    f"names no stages): leave out {flag}"
+                )
         # Forward hooks rather than timm's `forward_intermediates` or torchvision's FX
         # feature extractor: the same five lines for every backbone, any library's.
         self._stage_outputs: dict[str, torch.Tensor] = {}
         for stage in self.stages:
             backbone.get_submodule(stage).register_forward_hook(partial(self._keep, stage))
-        self.output_dim = entry.feature_dim + sum(self._stage_channels())
+        channels = sum(self._stage_channels())
+        positions = attention_grid * attention_grid
+        self.memory_shape = (positions, channels) if attention_grid else None
+        self.output_dim = entry.feature_dim + channels * (multiscale + positions)
         # [-1, 1] -> (x01 - mean) / std as one multiply-add, x01 = (x + 1) / 2; skipped
         # when it is the identity (Inception), so that those features stay bit-exact.
         mean, std = entry.norm
@@ -161,7 +178,7 @@ class Encoder(nn.Module):
                 raise ShowtellError(
                     f"--encoder {self.name} offers no multi-scale features (its stage "
                     f"{stage} gives {tuple(output.shape)}, not a (B, C, H, W) map): leave out "
-                    "--multiscale_features"
+                    "--multiscale_features and --attention_grid"
                 )
         return [output.shape[1] for output in outputs]
 
@@ -170,10 +187,14 @@ class Encoder(nn.Module):
         if self.normalize:
             x = x * self.scale + self.shift  # the entry's normalisation
         features = self.backbone(x).flatten(1)  # (B, F)
-        if self.stages:  # (B, C1 + ... + Ck + F)
-            maps = [self._stage_outputs.pop(stage) for stage in self.stages]  # (B, Ci, Hi, Wi)
-            features = torch.cat([*(self._pool(m, (2, 3)) for m in maps), features], 1)
-        return self.dropout(features)
+        maps = [self._stage_outputs.pop(stage) for stage in self.stages]  # (B, Ci, Hi, Wi)
+        parts = [features]
+        if self.multiscale:  # (B, C + F), C = C1 + ... + Ck
+            parts.insert(0, torch.cat([self._pool(m, (2, 3)) for m in maps], 1))
+        if self.attention_grid:  # (B, [C +] F + N*N*C), position by position
+            grid = torch.cat([F.adaptive_max_pool2d(m, self.attention_grid) for m in maps], 1)
+            parts.append(grid.flatten(2).transpose(1, 2).flatten(1))  # (B, C, N, N) -> (B, N*N*C)
+        return self.dropout(torch.cat(parts, 1) if len(parts) > 1 else features)
 
 
 @torch.no_grad()
@@ -360,9 +381,12 @@ def build_encoder(
     dropout: float = 0.0,
     multiscale: bool = False,
     stage_pooling: str = "max",
+    attention_grid: int = 0,
 ) -> Encoder:
     """A randomly initialised encoder; weights are loaded by `encoder_weights.load_pretrained`."""
     entry = encoder_entry(name)
-    encoder = Encoder(name, entry, entry.build(batch_norm_decay), multiscale, stage_pooling)
+    encoder = Encoder(
+        name, entry, entry.build(batch_norm_decay), multiscale, stage_pooling, attention_grid
+    )
     encoder.dropout.p = dropout
     return encoder

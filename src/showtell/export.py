@@ -1,8 +1,9 @@
 """`showtell export`: a checkpoint as two ONNX graphs, as deployment wants them.
 
     encoder.onnx   images (B, 3, H, W) float in [-1, 1] -> h, c (B, units): the LSTM
-                   state after the image step (encoder + image embedding + first step)
-    step.onnx      tokens (N,) int64, h, c (N, units) -> log_probs (N, V), h, c
+                   state after the image step (encoder + image embedding + first step),
+                   and, for a model that attends, memory (B, L, units)
+    step.onnx      tokens (N,) int64, h, c (N, units)[, memory] -> log_probs (N, V), h, c
     word_counts.txt, and export.json: preprocessing, beam settings, special word ids
 
 Both graphs have a dynamic batch dimension. `OnnxCaptioner` runs them with ONNX
@@ -31,6 +32,7 @@ from showtell.generation import Caption, beam_search
 from showtell.model import ShowAndTell
 
 EXPORT_JSON = "export.json"
+STATE_NAMES = ("h", "c", "memory")  # the graphs' state: the LSTM's, the attention's memory
 
 
 class _Encode(nn.Module):
@@ -38,7 +40,7 @@ class _Encode(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.model.initial_state(self.model.encoder(images))
 
 
@@ -48,10 +50,10 @@ class _Step(nn.Module):
         self.model = model
 
     def forward(
-        self, tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+        self, tokens: torch.Tensor, *state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        log_probs, (h, c) = self.model.step(tokens, (h, c))
-        return log_probs, h, c
+        log_probs, (h, c, *_) = self.model.step(tokens, state)
+        return log_probs, h, c  # the memory, if any, stays as it is
 
 
 def export_onnx(
@@ -68,23 +70,27 @@ def export_onnx(
     units = checkpoint.model_config.num_lstm_units
     output_dir.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1)
+    state = [torch.zeros(3, units), torch.zeros(3, units)]  # h, c
+    if model.memory_shape:
+        state.append(torch.zeros(3, model.memory_shape[0], units))
+    state_names = STATE_NAMES[: len(state)]
     with torch.no_grad():
         torch.onnx.export(
             _Encode(model),
             (torch.zeros(2, 3, image.height, image.width),),
             str(output_dir / "encoder.onnx"),
             input_names=["images"],
-            output_names=["h", "c"],
+            output_names=list(state_names),
             dynamic_shapes={"images": {0: batch}},
             dynamo=True,
         )
         torch.onnx.export(
             _Step(model),
-            (torch.zeros(3, dtype=torch.int64), torch.zeros(3, units), torch.zeros(3, units)),
+            (torch.zeros(3, dtype=torch.int64), *state),
             str(output_dir / "step.onnx"),
-            input_names=["tokens", "h", "c"],
+            input_names=["tokens", *state_names],
             output_names=["log_probs", "h_out", "c_out"],
-            dynamic_shapes={"tokens": {0: batch}, "h": {0: batch}, "c": {0: batch}},
+            dynamic_shapes=({0: batch}, ({0: batch},) * len(state)),
             dynamo=True,
         )
     checkpoint.vocab.save(output_dir / "word_counts.txt")
@@ -99,6 +105,7 @@ def export_onnx(
         "vocabulary": checkpoint.vocab.markers,  # start, end and unknown words
         "vocab_size": checkpoint.model_config.vocab_size,
         "num_lstm_units": units,
+        "state": list(state_names),
     }
     (output_dir / EXPORT_JSON).write_text(json.dumps(info, indent=2) + "\n")
     return output_dir
@@ -129,19 +136,18 @@ class OnnxCaptioner:
     def _step(
         self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        log_probs, h, c = self.decoder.run(
-            None,
-            {"tokens": tokens.numpy(), "h": state[0].numpy(), "c": state[1].numpy()},
-        )
-        return torch.from_numpy(log_probs), (torch.from_numpy(h), torch.from_numpy(c))
+        names = self.info.get("state", ["h", "c"])  # exports before attention: h, c
+        inputs = {name: s.numpy() for name, s in zip(names, state, strict=True)}
+        log_probs, h, c = self.decoder.run(None, {"tokens": tokens.numpy(), **inputs})
+        return torch.from_numpy(log_probs), (torch.from_numpy(h), torch.from_numpy(c), *state[2:])
 
     def caption_images(self, images: np.ndarray | torch.Tensor) -> list[list[Caption]]:
         """(B, 3, H, W) preprocessed images -> each image's captions (token ids)."""
         images = images.numpy() if isinstance(images, torch.Tensor) else images
-        h, c = self.encoder.run(None, {"images": images.astype(np.float32)})
+        state = self.encoder.run(None, {"images": images.astype(np.float32)})
         return beam_search(
             self._step,
-            (torch.from_numpy(h), torch.from_numpy(c)),
+            tuple(torch.from_numpy(s) for s in state),
             self.info["start_id"],
             self.info["end_id"],
             self.inference.beam_size,

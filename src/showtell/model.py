@@ -8,6 +8,20 @@
 D is the encoder's pooled features, led by its earlier stages' outputs max- or
 mean-pooled over space (`stage_pooling`) when `multiscale_features` is set.
 
+With `attention_grid` N (not im2txt's), the features also carry the stages' N x N
+maps, L = N * N positions of C channels, and every LSTM output attends over them
+before the words are read (the spatial attention of Lu et al. 2017, "Knowing When
+to Look", Section 2.1, with a scaled dot product for its additive score):
+
+    map (B, L, C) -> memory: linear, + a learnt embedding of each position -> (B, L, H)
+    LSTM output (B, T, H) -> query: linear -> . memory / sqrt(H) -> softmax over L
+    -> weights (B, T, L) -> context = weights @ memory (B, T, H)
+    -> attended: linear on [output, context] -> tanh -> (B, T, H) -> logits (B, T, V)
+
+The LSTM itself is unchanged (the image still enters once, and teacher forcing still
+runs the fused LSTM over the whole caption): the output asks where to look after
+each word, so "a red" can read the shape where the red is.
+
 The image enters the LSTM once, as the input of a first step whose output is
 discarded. In training, dropout (keep 0.7) acts on the LSTM's inputs, the image step
 included, and on its outputs.
@@ -33,7 +47,7 @@ from showtell.config import ModelConfig, ModelRequest
 from showtell.config.merge import Layer, given_keys, resolve
 from showtell.encoders import Encoder, build_encoder, encoder_entry
 
-State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (N, H)
+State = tuple[torch.Tensor, ...]  # (h, c), each (N, H); then the memory (N, L, H), attending
 
 
 class ShowAndTell(nn.Module):
@@ -46,6 +60,7 @@ class ShowAndTell(nn.Module):
             dropout=1.0 - config.encoder_dropout_keep_prob,
             multiscale=config.multiscale_features,
             stage_pooling=config.stage_pooling,
+            attention_grid=config.attention_grid,
         )
         d, e, h, v = (
             self.encoder.output_dim,
@@ -56,10 +71,19 @@ class ShowAndTell(nn.Module):
         # Per-dimension standardisation of encoder features (identity unless measured).
         self.register_buffer("feature_mean", torch.zeros(d))
         self.register_buffer("feature_std", torch.ones(d))
-        self.image_embedding = nn.Linear(d, e, bias=False)
+        # Attending: the last L * C feature dimensions are the map, the rest are pooled.
+        self.memory_shape = self.encoder.memory_shape  # (L, C) or None
+        pooled = d - (self.memory_shape[0] * self.memory_shape[1] if self.memory_shape else 0)
+        self.image_embedding = nn.Linear(pooled, e, bias=False)
         self.seq_embedding = nn.Embedding(v, e)
         self.lstm = nn.LSTM(e, h, batch_first=True)
         self.lstm_dropout = nn.Dropout(1.0 - config.lstm_dropout_keep_prob)
+        if self.memory_shape:
+            self.memory = nn.Linear(self.memory_shape[1], h)
+            # where each position is (attention alone is blind to the order of positions)
+            self.position = nn.Parameter(torch.empty(self.memory_shape[0], h))
+            self.query = nn.Linear(h, h, bias=False)
+            self.attended = nn.Linear(2 * h, h)
         self.logits = nn.Linear(h, v)
         self.train_encoder = False
         self.freeze_batch_norm = False
@@ -71,9 +95,14 @@ class ShowAndTell(nn.Module):
           s = initializer_scale (0.08);
         - LSTM forget-gate bias: + 1.0 (TensorFlow BasicLSTMCell forget_bias);
         - LSTM hidden-to-hidden bias: 0 and frozen (TF has one bias per gate).
+        The attention's layers start as the others, uniform(-s, s).
         The encoder keeps its own initialisation or pretrained weights."""
         s = self.config.initializer_scale
-        for module in (self.image_embedding, self.seq_embedding, self.lstm, self.logits):
+        modules = [self.image_embedding, self.seq_embedding, self.lstm, self.logits]
+        if self.memory_shape:
+            modules += [self.memory, self.query, self.attended]
+            nn.init.uniform_(self.position, -s, s)
+        for module in modules:
             for p in module.parameters():
                 nn.init.uniform_(p, -s, s)
         h = self.config.num_lstm_units
@@ -109,6 +138,24 @@ class ShowAndTell(nn.Module):
         weights = [p for p in self.encoder.parameters() if p.ndim > 1]
         return self.config.encoder_weight_decay * 0.5 * sum(w.pow(2).sum() for w in weights)
 
+    @torch.no_grad()
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise features (B, D) with per-dimension statistics of the training
+        images. The map's are pooled over its positions: one mean and std per channel,
+        as batch norm has, so that every position is on one scale (per position, a
+        corner where little is ever seen would have its noise magnified)."""
+        mean, std = mean.clone().to(self.feature_mean), std.clone().to(self.feature_std)
+        if self.memory_shape:
+            positions, channels = self.memory_shape
+            grid_mean = mean[-positions * channels :].view(positions, channels)
+            grid_var = std[-positions * channels :].view(positions, channels) ** 2
+            pooled_mean = grid_mean.mean(0)  # (C,): the mixture of the positions'
+            pooled_var = (grid_var + grid_mean**2).mean(0) - pooled_mean**2
+            mean[-positions * channels :] = pooled_mean.repeat(positions)
+            std[-positions * channels :] = pooled_var.clamp_min(0).sqrt().repeat(positions)
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(1e-6))
+
     # --- the model, top to bottom -------------------------------------------------------
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -119,18 +166,38 @@ class ShowAndTell(nn.Module):
             return self.encoder(images)
 
     def initial_state(self, features: torch.Tensor) -> State:
-        """Raw features (B, D) -> the LSTM state after the image step."""
+        """Raw features (B, D) -> the LSTM state (h, c) after the image step, and the
+        memory (B, L, H) when attending."""
         x = (features.float() - self.feature_mean) / self.feature_std  # (B, D)
+        memory = None
+        if self.memory_shape:
+            pooled = self.image_embedding.in_features
+            x, grid = x[:, :pooled], x[:, pooled:]  # (B, D - L*C), (B, L*C)
+            memory = self.memory(grid.view(-1, *self.memory_shape)) + self.position  # (B, L, H)
         x = self.image_embedding(x).unsqueeze(1)  # (B, 1, E)
         _, (h, c) = self.lstm(self.lstm_dropout(x))  # from the zero state; output discarded
-        return h[0], c[0]  # (B, H) each
+        return (h[0], c[0]) if memory is None else (h[0], c[0], memory)  # (B, H) each
+
+    def attend(self, outputs: torch.Tensor, state: State) -> torch.Tensor:
+        """LSTM outputs (B, T, H) -> what the words are read from, (B, T, H): the
+        outputs themselves (im2txt), or, attending, each output with what it finds in
+        the state's memory (B, L, H)."""
+        if not self.memory_shape:
+            return outputs
+        memory = state[2].unsqueeze(1)  # (B, 1, L, H): keys and values, one head
+        # softmax(query . memory / sqrt(H)) @ memory: (B, 1, T, L) weights -> (B, T, H)
+        query = self.query(outputs).unsqueeze(1)  # (B, 1, T, H)
+        context = F.scaled_dot_product_attention(query, memory, memory)[:, 0]
+        return torch.tanh(self.attended(torch.cat([outputs, context], -1)))  # (B, T, H)
 
     def hidden_states(self, features: torch.Tensor, input_seqs: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: (B, D) features and (B, T) input words -> (B, T, H) outputs."""
-        h, c = self.initial_state(features)
+        """Teacher forcing: (B, D) features and (B, T) input words -> (B, T, H), what
+        the words are read from."""
+        state = self.initial_state(features)
+        h, c = state[0].unsqueeze(0), state[1].unsqueeze(0)  # (1, B, H) each
         x = self.lstm_dropout(self.seq_embedding(input_seqs))  # (B, T, E)
-        out, _ = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))  # (B, T, H)
-        return self.lstm_dropout(out)
+        out, _ = self.lstm(x, (h, c))  # (B, T, H)
+        return self.attend(self.lstm_dropout(out), state)
 
     def hidden_states_sampled(
         self, features: torch.Tensor, input_seqs: torch.Tensor, probability: float
@@ -140,14 +207,15 @@ class ShowAndTell(nn.Module):
         `probability` (a coin per word), replaced by a word sampled from the model's own
         next-word distribution at the step before (no gradient flows through the
         choice). Returns the (B, T, H) outputs and the (B, T) words that were fed."""
-        state = tuple(s.unsqueeze(0) for s in self.initial_state(features))  # (1, B, H) each
+        image = self.initial_state(features)
+        state = image[0].unsqueeze(0), image[1].unsqueeze(0)  # (1, B, H) each
         coins = torch.rand(input_seqs.shape, device=input_seqs.device) < probability  # (B, T)
         word = input_seqs[:, 0]  # the start word is always given
         outputs, fed = [], [word]
         for t in range(input_seqs.shape[1]):
             x = self.lstm_dropout(self.seq_embedding(word)).unsqueeze(1)  # (B, 1, E)
             out, state = self.lstm(x, state)
-            outputs.append(self.lstm_dropout(out[:, 0]))  # (B, H)
+            outputs.append(self.attend(self.lstm_dropout(out), image)[:, 0])  # (B, H)
             if t + 1 == input_seqs.shape[1]:
                 break
             word = input_seqs[:, t + 1].clone()
@@ -200,14 +268,15 @@ class ShowAndTell(nn.Module):
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One word for each of N partial captions: (N,) ids, state -> (N, V), state."""
-        h, c = state
+        h, c = state[0].unsqueeze(0), state[1].unsqueeze(0)  # (1, N, H) each
         x = self.seq_embedding(tokens).unsqueeze(1)  # (N, 1, E)
-        out, (h, c) = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))  # (N, 1, H)
+        out, (h, c) = self.lstm(x, (h, c))  # (N, 1, H)
+        out = self.attend(out, state)[:, 0]  # (N, H)
         # W @ h^T rather than F.linear: the same numbers, several times faster on CPUs
         # for the few rows of a beam (measured in benchmarks/generation.py).
         weight, bias = self.logits.weight, self.logits.bias
-        logits = torch.addmm(bias.unsqueeze(1), weight, out[:, 0].T).T  # (N, V)
-        return F.log_softmax(logits.float(), dim=-1), (h[0], c[0])
+        logits = torch.addmm(bias.unsqueeze(1), weight, out.T).T  # (N, V)
+        return F.log_softmax(logits.float(), dim=-1), (h[0], c[0], *state[2:])
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

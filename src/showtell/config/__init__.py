@@ -131,12 +131,20 @@ class ModelConfig:
         "strongest response, wherever it is: keeps which colour goes with which shape) "
         "or mean",
     )
+    attention_grid: int = opt(
+        0,
+        "0: im2txt's decoder, which sees the image once. N > 0: it also attends, at every "
+        "word, over an N x N map of the encoder's stages (each max-pooled to N x N): the "
+        "LSTM's output asks where to look and the word is read from both (spatial "
+        "attention, Lu et al. 2017; not im2txt's): which attribute goes with which object",
+    )
     image: ImageConfig = field(
         default_factory=ImageConfig, metadata={"help": "preprocessing; sizes follow the encoder"}
     )
 
     def __post_init__(self) -> None:
         check_choice("stage_pooling", self.stage_pooling, STAGE_POOLINGS)
+        check_least("attention_grid", self.attention_grid, 0)
         for name in ("vocab_size", "embedding_size", "num_lstm_units"):
             check_least(name, getattr(self, name), 1)
         for name in ("lstm_dropout_keep_prob", "encoder_dropout_keep_prob"):

@@ -66,6 +66,8 @@ def cache_key(
         h.update(json.dumps(encoder.stages).encode())
         if encoder.stage_pooling != "mean":  # (mean-pooled caches keep their keys)
             h.update(encoder.stage_pooling.encode())
+        if encoder.attention_grid:  # (caches without maps keep their keys)
+            h.update(f"{encoder.multiscale}, grid {encoder.attention_grid}".encode())
     for name, tensor in encoder.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -157,14 +157,14 @@ def sample_captions(
     """Captions drawn from the model's next-word distribution (or its most likely
     words): (M, D) features -> (M, L) words after the start word (0 after the end)
     and (M,) lengths, the end word counted where one was drawn. L <= max_length."""
-    h, c = model.initial_state(features)
-    m = len(h)
-    word = torch.full((m,), start_id, dtype=torch.long, device=h.device)
-    words = torch.zeros(m, max_length, dtype=torch.long, device=h.device)
-    lengths = torch.full((m,), max_length, dtype=torch.long, device=h.device)
-    running = torch.ones(m, dtype=torch.bool, device=h.device)
+    state = model.initial_state(features)
+    m, device = len(features), features.device
+    word = torch.full((m,), start_id, dtype=torch.long, device=device)
+    words = torch.zeros(m, max_length, dtype=torch.long, device=device)
+    lengths = torch.full((m,), max_length, dtype=torch.long, device=device)
+    running = torch.ones(m, dtype=torch.bool, device=device)
     for t in range(max_length):
-        log_probs, (h, c) = model.step(word, (h, c))
+        log_probs, state = model.step(word, state)
         if greedy:
             word = log_probs.argmax(1)
         else:

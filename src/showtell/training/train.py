@@ -180,10 +180,12 @@ def _start(
         if config.train_inception and source.startswith("random"):
             logger.warning("phase 2 on an empty train_dir: the encoder is random")
     logger.info("Initialising a new model in %s (encoder: %s)", train_dir, source)
-    if model_config.multiscale_features and not model_config.normalize_features:
+    uses_stages = model_config.multiscale_features or model_config.attention_grid
+    if uses_stages and not model_config.normalize_features:
         logger.warning(
-            "--multiscale_features without --normalize_features: the stages' scales differ "
-            "by orders of magnitude, and the decoder may learn to ignore the image"
+            "--multiscale_features or --attention_grid without --normalize_features: the "
+            "stages' scales differ by orders of magnitude, and the decoder may learn to "
+            "ignore the image"
         )
     if source.startswith("random"):
         used = calibrate_batch_norm(model.encoder, image_batches(files, model_config, limit=2048))
@@ -235,8 +237,7 @@ def _data(
             if cache is not None
             else sample_feature_stats(model, files, model_config, process.device)
         )
-        model.feature_mean.copy_(mean.to(process.device))
-        model.feature_std.copy_(std.clamp_min(1e-6).to(process.device))
+        model.set_feature_statistics(mean, std)
     return batches, scst
 
 
