@@ -332,8 +332,8 @@ def test_an_attending_model_trains_on_cached_maps_and_captions(
     records: Path, tmp_path: Path
 ) -> None:
     """`attention_grid`: the feature cache holds each image's maps after its pooled
-    features, the map is standardised per channel, and the trained model loads and
-    captions, attending, through the inference path."""
+    features, the map is standardised per channel, the trained model loads and
+    captions, attending, through the inference path, and SCST goes on from it."""
     from showtell.inference import Captioner
     from showtell.training.features import FeatureCache
 
@@ -360,3 +360,7 @@ def test_an_attending_model_trains_on_cached_maps_and_captions(
     captions = captioner.caption_images(torch.rand(3, 3, 32, 32) * 2 - 1)
     assert len(captions) == 3
     assert all(beam and beam[0].tokens[-1] == captioner.vocab.end_id for beam in captions)
+
+    # SCST samples captions from the attending model's state (memory included).
+    scst = train(config(records, run, 505, feature_cache_dir=str(cache_dir), scst=True), attending)
+    assert scst["global_step"] == 505 and np.isfinite(scst["loss"])
