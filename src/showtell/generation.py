@@ -102,8 +102,9 @@ def beam_search(
         if not live.any():
             break
         rows = live.flatten().nonzero().flatten()  # the live partial captions only
+        all_live = len(rows) == b * k
         word_log_probs, new_state = step(
-            tokens.flatten(0, 1)[rows, -1], tuple(s[rows] for s in state)
+            tokens.flatten(0, 1)[rows, -1], state if all_live else tuple(s[rows] for s in state)
         )
         values, words = _top_words(word_log_probs.double(), k)  # (N, k)
 
@@ -154,12 +155,15 @@ def beam_search(
         chosen = _best(partial_lp, k)  # (B, k)
         logprob = partial_lp.gather(1, chosen)
         tokens = cand_tokens.gather(1, chosen.unsqueeze(2).expand(-1, -1, t + 2))
-        # State rows: the chosen candidate's parent, after this step.
-        stepped = tuple(torch.zeros_like(s) for s in state)
-        for full, part in zip(stepped, new_state, strict=True):
-            full[rows] = part.to(full.dtype)
+        # State rows: the chosen candidate's parent, after this step, gathered once from
+        # the stepped rows (a state may be large: an attending model's memory). A dead
+        # slot gets some row's state; it is never stepped.
         source = (image_of.unsqueeze(1) * k + parent[chosen]).flatten()  # (B*k,)
-        state = tuple(s[source] for s in stepped)
+        if not all_live:
+            position = torch.zeros(b * k, dtype=torch.long, device=device)
+            position[rows] = torch.arange(len(rows), device=device)
+            source = position[source]  # -> rows of new_state
+        state = tuple(part[source].to(s.dtype) for s, part in zip(state, new_state, strict=True))
 
     results = []
     for i in range(b):
